@@ -1,0 +1,129 @@
+"""Comparing predictive-coding gradients with `jax.grad`, leaf by leaf."""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from ._algorithms import AbstractAlgorithm
+from ._grad import grad
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafComparison:
+    """One parameter leaf: PC gradient against `jax.grad`."""
+
+    name: str
+    shape: tuple[int, ...]
+    cosine: float
+    relative_error: float
+    max_abs_error: float
+    pc: np.ndarray
+    reference: np.ndarray
+
+
+def _compare(name: str, pc, reference) -> LeafComparison:
+    pc = np.asarray(pc, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    diff = np.linalg.norm(pc - reference)
+    ref_norm = np.linalg.norm(reference)
+    pc_norm = np.linalg.norm(pc)
+    if ref_norm == 0 and pc_norm == 0:
+        cosine = 1.0
+    elif ref_norm == 0 or pc_norm == 0:
+        cosine = 0.0
+    else:
+        cosine = float(np.vdot(pc, reference) / (pc_norm * ref_norm))
+    return LeafComparison(
+        name=name,
+        shape=reference.shape,
+        cosine=cosine,
+        relative_error=float(diff / ref_norm) if ref_norm else float(diff),
+        max_abs_error=float(np.max(np.abs(pc - reference), initial=0.0)),
+        pc=pc,
+        reference=reference,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GradReport:
+    """Per-leaf agreement of predictive-coding gradients with `jax.grad`.
+
+    Print it for a table. `relative_error` is `||g_pc - g_jax|| / ||g_jax||` (the absolute
+    error where `g_jax` is zero); `cosine` is 1 for parallel gradients.
+    """
+
+    algorithm: str
+    leaves: tuple[LeafComparison, ...]
+
+    @property
+    def max_relative_error(self) -> float:
+        return max((leaf.relative_error for leaf in self.leaves), default=0.0)
+
+    @property
+    def min_cosine(self) -> float:
+        return min((leaf.cosine for leaf in self.leaves), default=1.0)
+
+    def assert_close(self, rtol: float = 1e-5, atol: float = 1e-8) -> None:
+        """Raise `AssertionError` unless every element satisfies
+        `|g_pc - g_jax| <= atol + rtol * |g_jax|` (as `numpy.allclose`)."""
+        failing = [
+            leaf
+            for leaf in self.leaves
+            if not np.allclose(leaf.pc, leaf.reference, rtol=rtol, atol=atol)
+        ]
+        if failing:
+            names = ", ".join(leaf.name for leaf in failing)
+            raise AssertionError(
+                f"PC gradients ({self.algorithm}) differ from jax.grad beyond rtol={rtol}, "
+                f"atol={atol} at: {names}\n{self}"
+            )
+
+    def __str__(self) -> str:
+        rows = [("leaf", "shape", "cosine", "rel. error", "max abs error")]
+        rows += [
+            (
+                leaf.name,
+                str(leaf.shape),
+                f"{leaf.cosine:.6f}",
+                f"{leaf.relative_error:.2e}",
+                f"{leaf.max_abs_error:.2e}",
+            )
+            for leaf in self.leaves
+        ]
+        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+        lines = [f"PC ({self.algorithm}) vs jax.grad"]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def check_grad(
+    fn: Callable,
+    *args,
+    argnums=0,
+    has_aux: bool = False,
+    algorithm: AbstractAlgorithm | None = None,
+) -> GradReport:
+    """Compare `pcgraph.grad(fn, argnums, algorithm=algorithm)(*args)` with `jax.grad`, leaf by
+    leaf.
+
+    **Returns:**
+
+    A [`GradReport`][pcgraph.GradReport] with each leaf's cosine, relative error and largest
+    absolute error; print it for a table, or call `.assert_close(rtol, atol)`.
+    """
+    pc = grad(fn, argnums, has_aux=has_aux, algorithm=algorithm)(*args)
+    reference = jax.grad(fn, argnums, has_aux=has_aux)(*args)
+    if has_aux:
+        pc, reference = pc[0], reference[0]
+    pc_leaves = jax.tree_util.tree_leaves_with_path(pc)
+    reference_leaves = jax.tree.leaves(reference)
+    name = type(algorithm).__name__ if algorithm is not None else "FPA"
+    return GradReport(
+        algorithm=name,
+        leaves=tuple(
+            _compare(jax.tree_util.keystr(path) or "<root>", leaf, ref)
+            for (path, leaf), ref in zip(pc_leaves, reference_leaves, strict=True)
+        ),
+    )
