@@ -1,12 +1,25 @@
 """pcgraph: predictive coding as a drop-in replacement for `jax.grad`."""
 
 from ._algorithms import FPA as FPA, IL as IL, AbstractAlgorithm as AbstractAlgorithm
-from ._check import GradReport as GradReport, LeafComparison as LeafComparison, check_grad as check_grad
-from ._grad import Solution as Solution, grad as grad, relax as relax, value_and_grad as value_and_grad
+from ._check import (
+    GradReport as GradReport,
+    LeafComparison as LeafComparison,
+    check_grad as check_grad,
+)
+from ._grad import (
+    Solution as Solution,
+    grad as grad,
+    relax as relax,
+    value_and_grad as value_and_grad,
+)
 from ._graph import Graph as Graph, NodeInfo as NodeInfo, trace as trace
 from ._node import node as node
 from ._relax import RESULTS as RESULTS, RelaxationStats as RelaxationStats
-from ._steppers import AbstractStepper as AbstractStepper, Euler as Euler, OptaxStepper as OptaxStepper
+from ._steppers import (
+    AbstractStepper as AbstractStepper,
+    Euler as Euler,
+    OptaxStepper as OptaxStepper,
+)
 
 __version__ = "0.1.0"
 

@@ -71,8 +71,8 @@ class IL(AbstractAlgorithm):
 
     beta: float = 1.0
     stepper: AbstractStepper = Euler(0.1)
-    max_steps: int = 200
-    rtol: float | None = 1e-3
+    max_steps: int = 100
+    rtol: float | None = None
     atol: float = 0.0
     max_energy_increase: float = 10.0
     throw: bool = True
@@ -156,9 +156,7 @@ class FPA(AbstractAlgorithm):
 
         def force_fn(errors):
             pulled_back, _ = vjp_fn(_cotangents(graph, errors, 1.0, loss))
-            force = [
-                -(e + b / p) for p, e, b in zip(precisions, errors, pulled_back, strict=True)
-            ]
+            force = [-(e + b / p) for p, e, b in zip(precisions, errors, pulled_back, strict=True)]
             energy = loss + sum(
                 p / 2 * jnp.sum(e**2) for p, e in zip(precisions, errors, strict=True)
             )

@@ -94,7 +94,9 @@ class GradReport:
         ]
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         lines = [f"PC ({self.algorithm}) vs jax.grad"]
-        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+        lines += [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+        ]
         return "\n".join(line.rstrip() for line in lines)
 
 

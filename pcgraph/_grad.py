@@ -80,7 +80,8 @@ def relax(
     algorithm: AbstractAlgorithm | None = None,
     save_energy: bool = False,
 ) -> Solution:
-    """Trace `fn`, relax its predictive-coding graph and return the whole [`Solution`][pcgraph.Solution].
+    """Trace `fn`, relax its predictive-coding graph and return the whole
+    [`Solution`][pcgraph.Solution].
 
     Use this when the gradient alone is not enough: it also returns node values and errors at
     equilibrium and the relaxation statistics (steps, energies, result, and the energy

@@ -164,7 +164,10 @@ class Graph:
                 active.update(o for o in eqn.outputs if adapter.is_float_aval(self._avals[o]))
         reaches_loss = {self._loss_id}
         for eqn in reversed(self._eqns):
-            if reaches_loss.intersection(eqn.outputs) and eqn.primitive not in adapter.STOP_GRADIENT:
+            if (
+                reaches_loss.intersection(eqn.outputs)
+                and eqn.primitive not in adapter.STOP_GRADIENT
+            ):
                 reaches_loss.update(i for i in eqn.inputs if i in active)
         relevant = active & reaches_loss
         self._pass_eqns = [e for e in self._eqns if relevant.intersection(e.outputs)]
@@ -204,16 +207,9 @@ class Graph:
         self._node_index = {var: k for k, var in enumerate(node_ids)}
         self._precisions = tuple(precisions)
         inputs = set(self._param_ids) | set(self._data_ids) | set(self._constants)
-        self._frozen_ids = tuple(
-            sorted(
-                {
-                    i
-                    for e in self._pass_eqns
-                    for i in e.inputs
-                    if i not in relevant and i not in inputs
-                }
-            )
-        )
+        # Values the pass reads but cannot change: computed once by the feedforward pass.
+        read = {i for e in self._pass_eqns for i in e.inputs} | {self._loss_id}
+        self._frozen_ids = tuple(sorted(read - relevant - inputs))
         self._build_node_info(_unique(labels), ops)
 
     def _build_node_info(self, names: list[str], ops: list[str]):
@@ -363,7 +359,7 @@ class Graph:
         lines.append('  "loss" [shape=doublecircle];')
         for info in self.nodes:
             lines.extend(f"  {quoted(p)} -> {quoted(info.name)};" for p in info.parents)
-        lines.extend(f"  {quoted(p)} -> \"loss\";" for p in self._loss_parents)
+        lines.extend(f'  {quoted(p)} -> "loss";' for p in self._loss_parents)
         lines.append("}")
         return "\n".join(lines)
 
@@ -424,7 +420,7 @@ def trace_flat(fn: Callable, args: Sequence[Any], argnums, has_aux: bool) -> Tra
     for n, arg in zip(nums, diff_args, strict=True):
         for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
             _check_param_leaf(path, leaf, n)
-            param_paths.append(f"[{n}]" * many + jax.tree_util.keystr(path))
+            param_paths.append(f"[{n}]" * many + jax.tree_util.keystr(path) or f"arg{n}")
             param_leaves.append(jnp.asarray(leaf))
     diff_treedef = jax.tree.structure(diff_args)
     others = {k: a for k, a in enumerate(args) if k not in nums}

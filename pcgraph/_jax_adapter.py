@@ -12,11 +12,10 @@ import jax
 import jax.extend.core as jex_core
 import jax.extend.core.primitives as jex_prims
 import numpy as np
-from jax.interpreters import ad, batching, mlir
 
 # Private import: JAX exposes no public handle on the callback primitives.
-from jax._src import callback as _jax_callback
-from jax._src import debugging as _jax_debugging
+from jax._src import callback as _jax_callback, debugging as _jax_debugging
+from jax.interpreters import ad, batching, mlir
 
 Primitive = jex_core.Primitive
 Jaxpr = jex_core.Jaxpr

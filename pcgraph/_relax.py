@@ -100,9 +100,7 @@ def relax(
 
     def status(step, energy, force, state):
         """The result and whether to stop, after `step` steps."""
-        result = RESULTS.where(
-            _all_finite((energy, state)), RESULTS.successful, RESULTS.nonfinite
-        )
+        result = RESULTS.where(_all_finite((energy, state)), RESULTS.successful, RESULTS.nonfinite)
         if max_energy_increase is not None:
             rose = energy - initial_energy > max_energy_increase * jnp.abs(initial_energy)
             result = RESULTS.where(
