@@ -14,9 +14,14 @@ from ._grad import (
 )
 from ._graph import Graph as Graph, NodeInfo as NodeInfo, trace as trace
 from ._node import node as node
-from ._relax import RESULTS as RESULTS, RelaxationStats as RelaxationStats
+from ._relax import (
+    RESULTS as RESULTS,
+    RelaxationError as RelaxationError,
+    RelaxationStats as RelaxationStats,
+)
 from ._steppers import (
     AbstractStepper as AbstractStepper,
+    DiffraxStepper as DiffraxStepper,
     Euler as Euler,
     OptaxStepper as OptaxStepper,
 )
@@ -29,12 +34,14 @@ __all__ = [
     "RESULTS",
     "AbstractAlgorithm",
     "AbstractStepper",
+    "DiffraxStepper",
     "Euler",
     "GradReport",
     "Graph",
     "LeafComparison",
     "NodeInfo",
     "OptaxStepper",
+    "RelaxationError",
     "RelaxationStats",
     "Solution",
     "check_grad",

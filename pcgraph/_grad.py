@@ -68,6 +68,12 @@ def _solve(fn, args, argnums, has_aux, algorithm, save_energy) -> Solution:
     )
 
 
+def _checked_solve(fn, args, argnums, has_aux, algorithm, save_energy) -> Solution:
+    # Checked outside the compiled solve, so that a concrete failure can quote its numbers.
+    solution = _solve(fn, args, argnums, has_aux, algorithm, save_energy)
+    return solution.stats.raise_if_failed(solution) if algorithm.throw else solution
+
+
 def _as_static(argnums):
     return tuple(argnums) if isinstance(argnums, list) else argnums
 
@@ -95,7 +101,7 @@ def relax(
     - `save_energy`: record the energy at every step in `Solution.stats.energy_trajectory`.
     """
     algorithm = _check_algorithm(algorithm)
-    return _solve(fn, args, _as_static(argnums), has_aux, algorithm, save_energy)
+    return _checked_solve(fn, args, _as_static(argnums), has_aux, algorithm, save_energy)
 
 
 def value_and_grad(
@@ -127,7 +133,7 @@ def value_and_grad(
 
     @functools.wraps(fn)
     def value_and_grad_fn(*args):
-        solution = _solve(fn, args, argnums, has_aux, algorithm, False)
+        solution = _checked_solve(fn, args, argnums, has_aux, algorithm, False)
         value = (solution.value, solution.aux) if has_aux else solution.value
         return value, solution.grads
 

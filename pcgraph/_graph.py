@@ -296,7 +296,8 @@ class Graph:
         env.update(zip(self._node_ids, values, strict=True))
         mus: list[Any] = [None] * len(self._node_ids)
         for eqn in self._pass_eqns:
-            outs = adapter.bind(eqn.primitive, eqn.params, [self._read(env, i) for i in eqn.inputs])
+            invals = [self._read(env, i) for i in eqn.inputs]
+            outs = adapter.bind_for_relaxation(eqn.primitive, eqn.params, invals)
             for var, out in zip(eqn.outputs, outs, strict=True):
                 if var in self._node_index:
                     mus[self._node_index[var]] = out

@@ -33,6 +33,11 @@ class RESULTS(eqx.Enumeration):
     )
 
 
+class RelaxationError(RuntimeError):
+    """A relaxation failed (diverged, produced NaN/Inf, or missed its tolerance) and the
+    algorithm has `throw=True`."""
+
+
 class RelaxationStats(eqx.Module):
     """What a relaxation did.
 
@@ -57,14 +62,39 @@ class RelaxationStats(eqx.Module):
     def converged(self) -> jax.Array:
         return self.result == RESULTS.successful
 
+    def raise_if_failed(self, token: PyTree) -> PyTree:
+        """Raise unless the relaxation succeeded: a `RelaxationError` quoting the energies and
+        step when the statistics are concrete, an `equinox.EquinoxRuntimeError` (through
+        `eqx.error_if`, checked before `token` is used) when they are traced.
+
+        **Returns:**
+
+        `token`, unchanged.
+        """
+        failed = self.result != RESULTS.successful
+        if isinstance(failed, jax.core.Tracer):
+            return self.result.error_if(token, failed)
+        if failed:
+            raise RelaxationError(self._failure_message())
+        return token
+
+    def _failure_message(self) -> str:
+        steps, start, end = int(self.num_steps), float(self.initial_energy), float(self.energy)
+        if self.result == RESULTS.energy_increased:
+            what = f"the energy increased from {start:.6g} to {end:.6g} at step {steps}"
+        elif self.result == RESULTS.nonfinite:
+            what = f"the energy became {end} at step {steps} (it started at {start:.6g})"
+        else:
+            what = (
+                f"after {steps} steps the largest force is still {float(self.residual):.3g}; "
+                f"the energy went from {start:.6g} to {end:.6g}"
+            )
+        return f"Relaxation failed: {what}. {RESULTS[self.result]}"
+
 
 def _max_abs(tree: PyTree) -> jax.Array:
     leaves = [jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree) if x.size]
     return jnp.max(jnp.stack(leaves)) if leaves else jnp.zeros(())
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] + [True]))
 
 
 class _Carry(eqx.Module):
@@ -98,9 +128,10 @@ def relax(
     scale = _max_abs(force)
     tolerance = None if rtol is None else atol + rtol * scale
 
-    def status(step, energy, force, state):
+    def status(step, energy, force):
         """The result and whether to stop, after `step` steps."""
-        result = RESULTS.where(_all_finite((energy, state)), RESULTS.successful, RESULTS.nonfinite)
+        # The energy sums every node's squared error, so it is the one value to check.
+        result = RESULTS.where(jnp.isfinite(energy), RESULTS.successful, RESULTS.nonfinite)
         if max_energy_increase is not None:
             rose = energy - initial_energy > max_energy_increase * jnp.abs(initial_energy)
             result = RESULTS.where(
@@ -120,16 +151,16 @@ def relax(
         trajectory = jnp.full((max_steps + 1,), jnp.nan, initial_energy.dtype)
         trajectory = trajectory.at[0].set(initial_energy)
     step0 = jnp.zeros((), jnp.int32)
-    result, done = status(step0, initial_energy, force, state)
+    result, done = status(step0, initial_energy, force)
     carry = _Carry(
-        step0, state, stepper.init(state), initial_energy, force, result, done, trajectory
+        step0, state, stepper.init(state, force_fn), initial_energy, force, result, done, trajectory
     )
 
     def body(carry: _Carry) -> _Carry:
-        state, stepper_state = stepper.step(carry.force, carry.state, carry.stepper_state)
+        state, stepper_state = stepper.step(force_fn, carry.force, carry.state, carry.stepper_state)
         energy, force = force_fn(state)
         step = carry.step + 1
-        result, done = status(step, energy, force, state)
+        result, done = status(step, energy, force)
         trajectory = carry.trajectory
         if trajectory is not None:
             trajectory = trajectory.at[step].set(energy)

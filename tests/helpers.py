@@ -262,3 +262,38 @@ ZOO = {
     "with_aux": with_aux,
     "control_flow": control_flow,
 }
+
+
+def small_cnn(key, dtype, mark=False):
+    """Two 3x3 convolutions (NHWC), relu, 2x2 average and max pooling, a dense head."""
+    k = jax.random.split(key, 4)
+    params = {
+        "conv1": normal(k[0], (3, 3, 1, 4), dtype, 0.4),
+        "conv2": normal(k[1], (3, 3, 4, 6), dtype, 0.2),
+        "head": normal(k[2], (6 * 2 * 2, 3), dtype, 0.3),
+    }
+    x = normal(k[3], (4, 8, 8, 1), dtype)
+    y = jax.nn.one_hot(jnp.arange(4) % 3, 3, dtype=dtype)
+    dimension_numbers = ("NHWC", "HWIO", "NHWC")
+
+    def maybe_mark(h, name):
+        return pcgraph.node(h, name=name) if mark else h
+
+    def loss(params, x, y):
+        h = jax.lax.conv_general_dilated(
+            x, params["conv1"], (1, 1), "SAME", dimension_numbers=dimension_numbers
+        )
+        h = maybe_mark(jax.nn.relu(h), "conv1")
+        h = jax.lax.reduce_window(h, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
+        h = jax.lax.conv_general_dilated(
+            h, params["conv2"], (1, 1), "SAME", dimension_numbers=dimension_numbers
+        )
+        h = maybe_mark(jnp.tanh(h), "conv2")
+        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        return softmax_cross_entropy(h.reshape(h.shape[0], -1) @ params["head"], y)
+
+    return loss, (params, x, y), {}
+
+
+ZOO["small_cnn"] = small_cnn
+ZOO["small_cnn_marked"] = functools.partial(small_cnn, mark=True)

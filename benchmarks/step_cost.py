@@ -1,0 +1,470 @@
+"""Cost of one predictive-coding relaxation step, relative to one `jax.grad` call.
+
+For each model the script measures, in one process and on one device:
+
+- the marginal cost of one relaxation step of `pcgraph.IL` and `pcgraph.FPA`. A jitted
+  `pcgraph.relax` with a fixed number of steps (`rtol=None`) is timed at two step counts
+  `n1 < n2`, and one step costs `(t(n2) - t(n1)) / (n2 - n1)`. Dispatch, the feedforward pass
+  and the read-out of the gradients are the same at both step counts and cancel;
+- one call of `jax.jit(jax.grad(loss))`, dispatch included (on a CPU the dispatch is a few
+  microseconds, under 1% of these calls).
+
+All compiled functions of a model are timed in interleaved rounds, so that a change in the
+machine's load hits them alike; each time is the minimum (or median) over the rounds. The
+script prints a markdown table of the ratios against the goals (IL step <= 0.45x and FPA step
+<= 0.3x one `jax.grad` call). `--diagnostics` adds the number of matmuls/convolutions per step
+in the compiled programs, `jax.grad` timed inside a compiled loop, and hand-written IL and FPA
+steps of the marked MLP for comparison.
+
+Run `python benchmarks/step_cost.py --help` for the options. It runs unchanged on a GPU.
+"""
+
+import argparse
+import functools
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pcgraph
+
+BATCH = 256
+WIDTH = 128
+NUM_LAYERS = 5  # hidden tanh layers of the MLP
+NUM_CLASSES = 10
+IMAGE = 8  # CNN inputs are IMAGE x IMAGE x 1 images, the shape of sklearn's digits
+CHANNELS = (8, 16)
+
+ALGORITHMS = ("IL", "FPA")
+GOALS = {"IL": 0.45, "FPA": 0.3}
+
+
+# -- models -------------------------------------------------------------------------------------
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy against one-hot `labels`."""
+    return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1))
+
+
+def _dense_init(key, fan_in, fan_out, dtype):
+    w = jax.random.normal(key, (fan_in, fan_out), dtype) / np.sqrt(fan_in)
+    return {"w": w, "b": jnp.zeros((fan_out,), dtype)}
+
+
+def mlp_params(key, dtype):
+    sizes = [WIDTH] * (NUM_LAYERS + 1) + [NUM_CLASSES]
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [_dense_init(k, a, b, dtype) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+
+def mlp_loss(params, x, labels, *, marked: bool):
+    """`NUM_LAYERS` dense tanh layers of width `WIDTH`, then a dense softmax head."""
+    h = x
+    for i, layer in enumerate(params[:-1], start=1):
+        h = jnp.tanh(h @ layer["w"] + layer["b"])
+        if marked:
+            h = pcgraph.node(h, name=f"layer{i}")
+    logits = h @ params[-1]["w"] + params[-1]["b"]
+    return cross_entropy(logits, labels)
+
+
+def _conv_init(key, c_in, c_out, dtype):
+    w = jax.random.normal(key, (3, 3, c_in, c_out), dtype) / np.sqrt(9 * c_in)
+    return {"w": w, "b": jnp.zeros((c_out,), dtype)}
+
+
+def cnn_params(key, dtype):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return [
+        _conv_init(k1, 1, CHANNELS[0], dtype),
+        _conv_init(k2, CHANNELS[0], CHANNELS[1], dtype),
+        _dense_init(k3, IMAGE * IMAGE * CHANNELS[1], NUM_CLASSES, dtype),
+    ]
+
+
+def cnn_loss(params, x, labels):
+    """Two 3x3 'SAME' convolutions with relu (NHWC), flatten, dense softmax head."""
+    h = x
+    for i, layer in enumerate(params[:2], start=1):
+        h = jax.lax.conv_general_dilated(
+            h, layer["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        h = pcgraph.node(jax.nn.relu(h + layer["b"]), name=f"layer{i}")
+    logits = h.reshape(h.shape[0], -1) @ params[2]["w"] + params[2]["b"]
+    return cross_entropy(logits, labels)
+
+
+class Model(NamedTuple):
+    name: str
+    shapes: str
+    loss: Callable
+    args: tuple
+    il_step_size: float = 0.1  # IL's Euler step; the cost of a step does not depend on it
+
+
+def make_models(dtype) -> dict[str, Model]:
+    kp, kx, ky, kc, ki = jax.random.split(jax.random.key(0), 5)
+    classes = jax.random.randint(ky, (BATCH,), 0, NUM_CLASSES)
+    labels = jax.nn.one_hot(classes, NUM_CLASSES, dtype=dtype)
+    x_mlp = jax.random.normal(kx, (BATCH, WIDTH), dtype)
+    x_img = jax.random.uniform(ki, (BATCH, IMAGE, IMAGE, 1), dtype)
+    mlp_args = (mlp_params(kp, dtype), x_mlp, labels)
+    mlp_shapes = (
+        f"x[{BATCH},{WIDTH}] -> {NUM_LAYERS} x (dense {WIDTH}->{WIDTH}, tanh) -> "
+        f"dense {WIDTH}->{NUM_CLASSES} -> softmax CE"
+    )
+    c1, c2 = CHANNELS
+    flat = IMAGE * IMAGE * c2
+    cnn_shapes = (
+        f"x[{BATCH},{IMAGE},{IMAGE},1] -> conv3x3 1->{c1}, relu -> conv3x3 {c1}->{c2}, relu "
+        f"-> flatten {flat} -> dense {flat}->{NUM_CLASSES} -> softmax CE"
+    )
+    return {
+        "mlp": Model(
+            "mlp (marked)",
+            f"{mlp_shapes}; nodes at the {NUM_LAYERS} tanh outputs",
+            functools.partial(mlp_loss, marked=True),
+            mlp_args,
+        ),
+        "mlp-unmarked": Model(
+            "mlp (unmarked)",
+            f"{mlp_shapes}; no marks, every primitive result is a node",
+            functools.partial(mlp_loss, marked=False),
+            mlp_args,
+            # The loss's reduce_sum nodes have Jacobians with hundreds of ones, so IL's
+            # default Euler(0.1) diverges on this graph; 0.005 is stable.
+            il_step_size=0.005,
+        ),
+        "cnn": Model(
+            "cnn (marked)",
+            f"{cnn_shapes}; nodes at the 2 relu outputs",
+            cnn_loss,
+            (cnn_params(kc, dtype), x_img, labels),
+        ),
+    }
+
+
+# -- what is timed ------------------------------------------------------------------------------
+
+
+def pc_algorithm(model: Model, algorithm: str, num_steps: int) -> pcgraph.AbstractAlgorithm:
+    """Exactly `num_steps` steps (`rtol=None`). `throw=False` keeps runtime checks out of the
+    timed program; the status is printed instead."""
+    if algorithm == "IL":
+        stepper = pcgraph.Euler(model.il_step_size)
+        return pcgraph.IL(stepper=stepper, max_steps=num_steps, rtol=None, throw=False)
+    return pcgraph.FPA(max_steps=num_steps, rtol=None, throw=False)
+
+
+def pc_solve(model: Model, algorithm: str, num_steps: int) -> Callable:
+    alg = pc_algorithm(model, algorithm, num_steps)
+    return jax.jit(lambda *args: pcgraph.relax(model.loss, *args, algorithm=alg))
+
+
+def grad_loop(loss: Callable, k: int, lr: float = 1e-6) -> Callable:
+    """`k` gradient evaluations in one compiled loop (a diagnostic). Each takes a tiny SGD step
+    so that the next gradient depends on it and XLA cannot hoist it out of the loop."""
+
+    def run(params, *data):
+        def body(_, p):
+            g = jax.grad(loss)(p, *data)
+            return jax.tree.map(lambda a, b: a - lr * b, p, g)
+
+        return jax.lax.fori_loop(0, k, body, params)
+
+    return jax.jit(run)
+
+
+def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
+    """The marked MLP's relaxation written out by hand, as loops of `n` steps (a diagnostic).
+
+    IL: Euler steps (size 0.1) on `F(z) = sum_l 1/2 ||z_l - tanh(z_{l-1} W_l + b_l)||^2 + CE`
+    with `jax.value_and_grad` in the node values `z`. FPA: Euler steps (size 1) on the errors,
+    `eps <- J^T eps + dCE/dz`, with the transpose `J^T` of the prediction pass linearised once
+    at the feedforward values (one `jax.vjp` before the loop).
+    """
+
+    def predict(zs, params):
+        inputs = [x, *zs]
+        mus = [jnp.tanh(h @ p["w"] + p["b"]) for h, p in zip(inputs[:-1], params[:-1])]
+        logits = inputs[-1] @ params[-1]["w"] + params[-1]["b"]
+        return mus, cross_entropy(logits, labels)
+
+    def feedforward(params):
+        h, zs = x, []
+        for p in params[:-1]:
+            h = jnp.tanh(h @ p["w"] + p["b"])
+            zs.append(h)
+        return zs
+
+    def energy(zs, params):
+        mus, loss = predict(zs, params)
+        return loss + sum(0.5 * jnp.sum((z - m) ** 2) for z, m in zip(zs, mus))
+
+    zero = jnp.zeros((), x.dtype)
+
+    def il(n: int) -> Callable:
+        def run(params):
+            def body(_, carry):
+                zs, _ = carry
+                e, g = jax.value_and_grad(energy)(zs, params)
+                return [z - 0.1 * gz for z, gz in zip(zs, g)], e.astype(zero.dtype)
+
+            return jax.lax.fori_loop(0, n, body, (feedforward(params), zero))
+
+        return jax.jit(run)
+
+    def fpa(n: int) -> Callable:
+        def run(params):
+            zs = feedforward(params)
+            (_, loss), vjp_fn = jax.vjp(lambda v: predict(v, params), zs)
+
+            def body(_, carry):
+                errors, _ = carry
+                (pulled,) = vjp_fn(([-e for e in errors], jnp.ones((), loss.dtype)))
+                e = loss + sum(0.5 * jnp.sum(err**2) for err in errors)
+                return [-b for b in pulled], e.astype(zero.dtype)
+
+            return jax.lax.fori_loop(0, n, body, ([jnp.zeros_like(z) for z in zs], zero))
+
+        return jax.jit(run)
+
+    return {"hand-written IL step": il, "hand-written FPA step": fpa}
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+
+class Bench:
+    """One compiled function, called `number` times per timing sample."""
+
+    def __init__(self, fn: Callable, args: tuple, min_time: float):
+        self.fn, self.args = fn, args
+        self.output = jax.block_until_ready(fn(*args))  # compile and warm up
+        self.timer = timeit.Timer(lambda: jax.block_until_ready(fn(*args)))
+        self.number = 1
+        while True:  # calibrate: one sample takes at least min_time
+            elapsed = self.timer.timeit(self.number)
+            if elapsed >= min_time or self.number >= 1 << 20:
+                break
+            grow = int(self.number * 1.2 * min_time / max(elapsed, 1e-9))
+            self.number = max(self.number * 2, grow)
+        self.samples: list[float] = []
+
+    def sample(self):
+        self.samples.append(self.timer.timeit(self.number) / self.number)
+
+    def seconds(self, stat: str) -> float:
+        return min(self.samples) if stat == "min" else statistics.median(self.samples)
+
+
+def per_step(benches: dict, label: str, steps: tuple[int, int], stat: str) -> tuple[float, float]:
+    """Seconds per step of `label` from its benches at two step counts, and the fixed part of a
+    call (everything that does not repeat per step: dispatch, feedforward, read-out)."""
+    (n1, n2), (t1, t2) = steps, (benches[label, n].seconds(stat) for n in steps)
+    step = (t2 - t1) / (n2 - n1)
+    return step, t1 - n1 * step
+
+
+def run_rounds(benches: dict[str, Bench], repeats: int):
+    """Time every bench once per round, for `repeats` rounds."""
+    for _ in range(repeats):
+        for bench in benches.values():
+            bench.sample()
+
+
+def ops_per_loop_iteration(fn: Callable, args: tuple) -> str:
+    """Matmuls and convolutions in the body of the compiled program's (outermost) while loop,
+    read from XLA's HLO text: what one relaxation step computes. A diagnostic only: the text
+    format is XLA's and may change."""
+    try:
+        text = fn.lower(*args).compile().as_text()
+    except Exception as error:  # noqa: BLE001 - a diagnostic must not stop the benchmark
+        return f"n/a ({type(error).__name__})"
+    computations: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for line in text.splitlines():
+        header = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if header:
+            lines = computations.setdefault("ENTRY" if header.group(1) else header.group(2), [])
+        else:
+            lines.append(line)
+
+    @functools.cache
+    def count(name: str) -> tuple[int, int]:
+        dots = convs = 0
+        for line in computations.get(name, ()):
+            # CPU: dot / convolution ops; GPU: cuBLAS / cuDNN custom calls.
+            dots += bool(re.search(r"= \S+ dot\(|custom_call_target=\"[^\"]*(gemm|matmul)", line))
+            convs += bool(re.search(r"= \S+ convolution\(|custom_call_target=\"[^\"]*conv", line))
+            for callee in re.findall(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)", line):
+                d, c = count(callee)
+                dots, convs = dots + d, convs + c
+        return dots, convs
+
+    bodies = re.findall(r"while\(.*?body=%([\w.\-]+)", text)
+    dots, convs = count(bodies[0]) if bodies else count("ENTRY")
+    where = "per loop iteration" if bodies else "in the program"
+    return f"{dots} matmuls, {convs} convolutions {where}"
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def header(dtype) -> str:
+    devices = jax.devices()
+    kinds = ", ".join(sorted({d.device_kind for d in devices}))
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [
+        "pcgraph relaxation step cost",
+        f"  python {platform.python_version()}, jax {jax.__version__}, jaxlib "
+        f"{jax.lib.__version__}, pcgraph {pcgraph.__version__}",
+        f"  backend {jax.default_backend()}: {len(devices)} x {kinds}; host {cpu}, "
+        f"{os.cpu_count()} CPUs",
+        f"  dtype {jnp.dtype(dtype).name}, batch {BATCH}",
+    ]
+    if os.environ.get("XLA_FLAGS"):
+        lines.append(f"  XLA_FLAGS={os.environ['XLA_FLAGS']}")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Time one pcgraph relaxation step against one jax.grad call."
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply the number of timing rounds (default 1: 7 rounds, about 1.5 minutes "
+        "on 2 CPU cores, most of it compiling; 0.5 for a quick look, 4 for a careful run)",
+    )
+    parser.add_argument("--repeats", type=int, help="timing rounds (overrides --scale)")
+    parser.add_argument(
+        "--min-time", type=float, default=0.1, help="seconds per timing sample (default 0.1)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        default=(10, 60),
+        metavar=("N1", "N2"),
+        help="the two step counts that are differenced (default 10 60)",
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"]
+    )
+    parser.add_argument(
+        "--stat",
+        default="min",
+        choices=["min", "median"],
+        help="statistic over the rounds (default min: the least disturbed by other load)",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["mlp", "mlp-unmarked", "cnn"],
+        choices=["mlp", "mlp-unmarked", "cnn"],
+    )
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also count matmuls/convolutions per step, time jax.grad inside a compiled "
+        "loop, and time hand-written IL/FPA steps of the marked MLP",
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.steps[0] < args.steps[1]:
+        parser.error("--steps N1 N2 needs 0 <= N1 < N2")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    dtype = jnp.dtype(args.dtype)
+    n1, n2 = args.steps
+    repeats = args.repeats or max(3, round(7 * args.scale))
+    start = time.perf_counter()
+
+    print(header(dtype))
+    print(
+        f"  one step = (t({n2} steps) - t({n1} steps)) / {n2 - n1}; {args.stat} of {repeats} "
+        f"interleaved rounds of >= {args.min_time:g} s samples",
+        flush=True,
+    )
+    models = make_models(dtype)
+    rows = []
+    for key in args.models:
+        model = models[key]
+        graph = pcgraph.trace(model.loss, *model.args)
+        print(f"\n{model.name}: {model.shapes}")
+        print(f"  graph: {len(graph.nodes)} value nodes, depth {graph.depth}", flush=True)
+
+        grad_fn = jax.jit(jax.grad(model.loss))
+        solvers = {(alg, n): pc_solve(model, alg, n) for alg in ALGORITHMS for n in (n1, n2)}
+        extra = {}
+        if args.diagnostics:
+            extra = {("jax.grad loop", n): grad_loop(model.loss, n) for n in (n1, n2)}
+            if key == "mlp":
+                for label, make in reference_steps(*model.args).items():
+                    extra.update({(label, n): make(n) for n in (n1, n2)})
+        benches = {"grad": Bench(grad_fn, model.args, args.min_time)}
+        for name, fn in {**solvers, **extra}.items():
+            fn_args = model.args[:1] if name[0].startswith("hand-written") else model.args
+            benches[name] = Bench(fn, fn_args, args.min_time)
+        run_rounds(benches, repeats)
+        marginal = functools.partial(per_step, benches, steps=(n1, n2), stat=args.stat)
+        grad_time = benches["grad"].seconds(args.stat)
+        print(f"  jax.grad: {grad_time * 1e6:.1f} us per jitted call", flush=True)
+        if args.diagnostics:
+            print(f"    {ops_per_loop_iteration(grad_fn, model.args)}")
+            loop_step, _ = marginal("jax.grad loop")
+            print(f"    {loop_step * 1e6:.1f} us per evaluation inside a compiled loop")
+        for alg in ALGORITHMS:
+            step, fixed = marginal(alg)
+            stats = benches[alg, n2].output.stats
+            status = pcgraph.RESULTS[stats.result] or "successful"
+            print(
+                f"  {alg}: {step * 1e6:.1f} us per step ({step / grad_time:.2f}x jax.grad), "
+                f"{fixed * 1e6:.0f} us fixed per call ({fixed / grad_time:.1f}x)\n"
+                f"    relaxation of {int(stats.num_steps)} steps: energy "
+                f"{float(stats.initial_energy):.4g} -> {float(stats.energy):.4g}, {status}",
+                flush=True,
+            )
+            if args.diagnostics:
+                print(f"    {ops_per_loop_iteration(solvers[alg, n2], model.args)}")
+            rows.append((model.name, alg, step, grad_time))
+        for label in dict.fromkeys(name[0] for name in extra):
+            if label.startswith("hand-written"):
+                step, _ = marginal(label)
+                print(f"  {label}: {step * 1e6:.1f} us, {step / grad_time:.2f}x jax.grad")
+
+    print("\n| model | algorithm | step time (µs) | jax.grad time (µs) | ratio | goal | met? |")
+    print("|---|---|---:|---:|---:|---:|:---:|")
+    for name, alg, step, grad_time in rows:
+        ratio, goal = step / grad_time, GOALS[alg]
+        print(
+            f"| {name} | {alg} | {step * 1e6:.1f} | {grad_time * 1e6:.1f} | {ratio:.2f} "
+            f"| <= {goal} | {'yes' if ratio <= goal else 'no'} |"
+        )
+    print(f"\n(total {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
