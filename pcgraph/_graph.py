@@ -226,9 +226,6 @@ class Graph:
                 else:
                     sources[out] = found
         loss_sources = sources.get(self._loss_id, frozenset())
-        self._node_params = {
-            n: tuple(p for p in self._param_ids if p in node_sources[n]) for n in self._node_ids
-        }
         distance: dict[int, int] = {}
         final: dict[int, int] = {}
         for n in reversed(self._node_ids):

@@ -127,3 +127,21 @@ def test_adaptive_diffrax_needs_fewer_steps(equilibrium):
     euler = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(**settings))
     adaptive = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(stepper=tsit5, **settings))
     assert int(adaptive.stats.num_steps) < int(euler.stats.num_steps) / 3
+
+
+def test_integer_indexing_with_traced_indices(dtype):
+    """Gathers with data-dependent integer indices, and scatter-adds into a parameter."""
+
+    def fn(table, idx, weights):
+        rows = table[idx]  # gather with traced indices
+        pooled = (
+            jnp.zeros((3, table.shape[1]), table.dtype).at[idx % 3].add(rows * weights[:, None])
+        )
+        return jnp.sum(jnp.tanh(pooled) ** 2)
+
+    table = jax.random.normal(jax.random.PRNGKey(3), (5, 4)).astype(dtype)
+    idx = jnp.array([4, 0, 2, 2, 1])
+    weights = jnp.linspace(0.5, 1.5, 5, dtype=dtype)
+    rtol = 1e-5 if dtype == jnp.float32 else 1e-10
+    pc = pcgraph.grad(fn, argnums=(0, 2))(table, idx, weights)
+    assert_grads_close(pc, jax.grad(fn, argnums=(0, 2))(table, idx, weights), rtol)
