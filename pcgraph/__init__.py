@@ -6,6 +6,15 @@ from ._check import (
     LeafComparison as LeafComparison,
     check_grad as check_grad,
 )
+from ._ebm import AbstractEnergy as AbstractEnergy, HopfieldEnergy as HopfieldEnergy
+from ._eqprop import (
+    CHL as CHL,
+    ContrastiveStats as ContrastiveStats,
+    EnergySolution as EnergySolution,
+    EqProp as EqProp,
+    ebm_grad as ebm_grad,
+    ebm_relax as ebm_relax,
+)
 from ._grad import (
     Solution as Solution,
     grad as grad,
@@ -29,6 +38,14 @@ from ._steppers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHL",
+    "AbstractEnergy",
+    "ContrastiveStats",
+    "EnergySolution",
+    "EqProp",
+    "HopfieldEnergy",
+    "ebm_grad",
+    "ebm_relax",
     "FPA",
     "IL",
     "RESULTS",
