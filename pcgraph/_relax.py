@@ -125,8 +125,7 @@ def relax(
     `atol + rtol * (largest initial force)` when `rtol` is not None, or on divergence.
     """
     initial_energy, force = force_fn(state)
-    scale = _max_abs(force)
-    tolerance = None if rtol is None else atol + rtol * scale
+    tolerance = None if rtol is None else atol + rtol * _max_abs(force)
 
     def status(step, energy, force):
         """The result and whether to stop, after `step` steps."""
