@@ -1,6 +1,7 @@
 """Tracing a JAX function into a graph of value nodes, and evaluating that graph."""
 
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -14,7 +15,8 @@ from . import _jax_adapter as adapter
 
 
 class NodeInfo(NamedTuple):
-    """What `Graph.summary()` shows about one value node."""
+    """What `Graph.summary()` shows about one value node. `iterations` is the length of the
+    leading iteration axis of a node stacked over a lifted `lax.scan`, and None otherwise."""
 
     name: str
     op: str
@@ -24,6 +26,7 @@ class NodeInfo(NamedTuple):
     parents: tuple[str, ...]
     distance: int
     final_step: int
+    iterations: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,202 @@ class _Eqn:
     params: dict[str, Any]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+
+
+def _body_deps(jaxpr: adapter.Jaxpr) -> tuple[frozenset[int], ...]:
+    """For each output of `jaxpr`, the positions of the inputs it depends on through floating
+    values: the paths along which a gradient can flow."""
+    deps: dict[Any, frozenset[int]] = {
+        var: frozenset({p}) for p, var in enumerate(jaxpr.invars) if adapter.is_float_aval(var.aval)
+    }
+
+    def of(atom) -> frozenset[int]:
+        return frozenset() if adapter.is_literal(atom) else deps.get(atom, frozenset())
+
+    for eqn in jaxpr.eqns:
+        found = (
+            frozenset()
+            if eqn.primitive in adapter.STOP_GRADIENT
+            else frozenset().union(*(of(atom) for atom in eqn.invars))
+        )
+        for var in eqn.outvars:
+            if not adapter.is_drop_var(var) and adapter.is_float_aval(var.aval):
+                deps[var] = found
+    return tuple(of(atom) for atom in jaxpr.outvars)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ScanEqn:
+    """A `lax.scan` lifted into stacked value nodes.
+
+    Inputs are the scan's `consts, init, xs`; outputs are the stacked carries (the carry after
+    every iteration, along a leading axis indexed like `xs`), the stacked `ys` and the final
+    carries. The feedforward pass runs the loop; the prediction pass evaluates the body for all
+    iterations at once (a `vmap`), each reading the stacked carry's previous slice (the init
+    for the first iteration), so the program does not grow with the length.
+    """
+
+    scan: adapter.ScanParams
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    #: Per body output (carries, then ys): the body inputs it depends on (see `_body_deps`).
+    deps: tuple[frozenset[int], ...]
+    #: Per y: the carry it is (`return h, h`), read off the stacked carry, or None.
+    y_views: tuple[int | None, ...]
+    #: Per y: whether the stacked y is a value node (when relevant).
+    y_nodes: tuple[bool, ...]
+    #: Per carry, then per y: the `(name, precision)` of a `pcgraph.node` mark in the body.
+    marks: tuple[tuple[str | None, float], ...]
+
+    @property
+    def num_carry(self) -> int:
+        return self.scan.num_carry
+
+    @property
+    def stacked(self) -> tuple[int, ...]:
+        return self.outputs[: self.num_carry]
+
+    @property
+    def ys(self) -> tuple[int, ...]:
+        return self.outputs[self.num_carry : len(self.outputs) - self.num_carry]
+
+    @property
+    def finals(self) -> tuple[int, ...]:
+        return self.outputs[len(self.outputs) - self.num_carry :]
+
+    def carry_position(self, j: int) -> int:
+        """The body input (and eqn input) position of carry `j`."""
+        return self.scan.num_consts + j
+
+    def node_outputs(self) -> list[tuple[int, tuple[str | None, float]]]:
+        """The outputs that are value nodes when relevant, with their marks."""
+        carries = list(zip(self.stacked, self.marks[: self.num_carry], strict=True))
+        ys = [
+            (var, mark)
+            for var, mark, is_node in zip(
+                self.ys, self.marks[self.num_carry :], self.y_nodes, strict=True
+            )
+            if is_node
+        ]
+        return carries + ys
+
+    def active_outputs(self, active_inputs: Sequence[bool]) -> list[bool]:
+        """Which outputs depend on an active input; a carry turns active once any iteration
+        makes it so (a fixed point over the loop)."""
+        nc = self.num_carry
+        active = list(active_inputs)
+        while True:
+            out = [any(active[p] for p in dep) for dep in self.deps]
+            grown = [j for j in range(nc) if out[j] and not active[self.carry_position(j)]]
+            if not grown:
+                return [*out[:nc], *out[nc:], *out[:nc]]
+            for j in grown:
+                active[self.carry_position(j)] = True
+
+    def reaching_inputs(self, reaching: Sequence[bool]) -> tuple[list[bool], list[bool]]:
+        """Given which outputs reach the loss: which inputs do, and which stacked carries (a
+        carry reaches the loss if a later iteration reads it on the way there)."""
+        nc = self.num_carry
+        carries = list(reaching[len(reaching) - nc :])
+        ys = reaching[nc : len(reaching) - nc]
+        while True:
+            needed = frozenset().union(
+                *(self.deps[j] for j in range(nc) if carries[j]),
+                *(self.deps[nc + i] for i, r in enumerate(ys) if r),
+            )
+            grown = [j for j in range(nc) if not carries[j] and self.carry_position(j) in needed]
+            if not grown:
+                return [p in needed for p in range(len(self.inputs))], carries
+            for j in grown:
+                carries[j] = True
+
+    def _split(self, invals):
+        c, nc = self.scan.num_consts, self.num_carry
+        return list(invals[:c]), list(invals[c : c + nc]), list(invals[c + nc :])
+
+    def feedforward(self, invals: Sequence[Any]) -> list[Any]:
+        consts, init, xs = self._split(invals)
+        nc, body = self.num_carry, self.scan.body
+
+        def step(carry, x):
+            outs = adapter.call_closed(body, *consts, *carry, *x)
+            return outs[:nc], (outs[nc:], outs[:nc])
+
+        final, (ys, stacked) = jax.lax.scan(
+            step,
+            init,
+            xs,
+            length=self.scan.length,
+            reverse=self.scan.reverse,
+            unroll=self.scan.unroll,
+        )
+        return [*stacked, *ys, *final]
+
+    def predict(self, invals: Sequence[Any], stacked: Sequence[Any]) -> list[Any]:
+        """Predictions of the stacked carries and ys from the stacked carries' values; the ys
+        that are views and the final carries are read off the values."""
+        consts, init, xs = self._split(invals)
+        init = [jnp.asarray(i) for i in init]  # a literal init arrives as a Python scalar
+        if self.scan.reverse:
+            previous = [jnp.concatenate([s[1:], i[None]]) for s, i in zip(stacked, init)]
+        else:
+            previous = [jnp.concatenate([i[None], s[:-1]]) for s, i in zip(stacked, init)]
+        in_axes = (None,) * len(consts) + (0,) * (len(previous) + len(xs))
+        outs = jax.vmap(
+            functools.partial(adapter.call_closed, self.scan.body),
+            in_axes=in_axes,
+            axis_size=self.scan.length,
+        )(*consts, *previous, *xs)
+        nc = self.num_carry
+        ys = [
+            outs[nc + i] if view is None else stacked[view] for i, view in enumerate(self.y_views)
+        ]
+        last = 0 if self.scan.reverse else -1
+        return [*outs[:nc], *ys, *(s[last] for s in stacked)]
+
+
+def _lift_scan(eqn: _Eqn, avals: list[Any], marker_mode: bool) -> _ScanEqn:
+    """Replace a scan equation by its lifted form, adding one stacked variable per carry."""
+    scan = adapter.scan_params(eqn.params)
+    jaxpr = adapter.jaxpr_of(scan.body)
+    nc = scan.num_carry
+    producers = {var: e for e in jaxpr.eqns for var in e.outvars}
+
+    def mark(atom) -> tuple[str | None, float]:
+        producer = None if adapter.is_literal(atom) else producers.get(atom)
+        if producer is not None and adapter.is_node_marker(producer.primitive):
+            return adapter.marker_params(producer.params)
+        return None, 1.0
+
+    def is_node(atom) -> bool:
+        producer = None if adapter.is_literal(atom) else producers.get(atom)
+        if producer is None:
+            return False  # a literal or a body input passed through: nothing to predict
+        if marker_mode:
+            return adapter.is_node_marker(producer.primitive)
+        return producer.primitive not in adapter.STRUCTURAL | adapter.STOP_GRADIENT
+
+    y_atoms = jaxpr.outvars[nc:]
+    views = [
+        None
+        if adapter.is_literal(atom)
+        else next((j for j, c in enumerate(jaxpr.outvars[:nc]) if c is atom), None)
+        for atom in y_atoms
+    ]
+    stacked = []
+    for out in eqn.outputs[:nc]:
+        aval = avals[out]
+        avals.append(jax.ShapeDtypeStruct((scan.length, *aval.shape), aval.dtype))
+        stacked.append(len(avals) - 1)
+    return _ScanEqn(
+        scan=scan,
+        inputs=eqn.inputs,
+        outputs=(*stacked, *eqn.outputs[nc:], *eqn.outputs[:nc]),
+        deps=_body_deps(jaxpr),
+        y_views=tuple(views),
+        y_nodes=tuple(v is None and is_node(a) for v, a in zip(views, y_atoms, strict=True)),
+        marks=tuple(mark(atom) for atom in jaxpr.outvars),
+    )
 
 
 class Feedforward(NamedTuple):
@@ -104,6 +303,10 @@ def _live_eqns(eqns: Sequence[_Eqn], outputs: Sequence[int]) -> list[_Eqn]:
     return live[::-1]
 
 
+#: Which slices of a stacked node a reader reads.
+_ALL, _FIRST, _LAST = "all", "first", "last"
+
+
 def _unique(names: Sequence[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -125,9 +328,13 @@ class Graph:
     **Attributes:**
 
     - `nodes`: a tuple of `NodeInfo` (name, op, shape, dtype, precision, parents, distance,
-        final_step), in topological order. `distance` is the length of the shortest path of
-        nodes to the loss (with FPA and step size 1 the node's error is first non-zero at that
-        step); `final_step` the longest (the error is final after that step).
+        final_step, iterations), in topological order. `distance` is the length of the
+        shortest path of nodes to the loss (with FPA and step size 1 the node's error is first
+        non-zero at that step); `final_step` the longest (the error is final after that step).
+        A node stacked over the iterations of a lifted `lax.scan` has `iterations` set to the
+        scan's length, its shape starts with that axis, and each slice is a node of its own:
+        `distance` is the smallest over the slices and `final_step` the largest (an error
+        needs one step per iteration to travel back along the carry).
     - `depth`: the largest `final_step`, 0 without nodes: FPA with step size 1 is exact after
         `depth` steps.
     - `param_names`: the key path of each differentiated leaf.
@@ -141,6 +348,7 @@ class Graph:
         loss_id: int,
         aux_ids: tuple[int, ...],
         param_names: tuple[str, ...],
+        lift_scans: bool = True,
     ):
         self._avals = builder.avals
         self._constants = builder.constants
@@ -150,29 +358,77 @@ class Graph:
         self._aux_ids = aux_ids
         self.param_names = param_names
         self._eqns = _live_eqns(builder.eqns, (loss_id, *aux_ids))
-        self._analyse()
+        self._analyse(lift_scans)
 
     # -- structure -------------------------------------------------------------------------
 
-    def _analyse(self):
-        params = set(self._param_ids)
-        active = set(params)
+    def _relevant(self) -> set[int]:
+        """The variables on a path from a differentiated input to the loss, along which a
+        gradient flows."""
+        active = set(self._param_ids)
         for eqn in self._eqns:
-            if eqn.primitive in adapter.STOP_GRADIENT:
+            if isinstance(eqn, _ScanEqn):
+                flags = eqn.active_outputs([i in active for i in eqn.inputs])
+                active.update(o for o, on in zip(eqn.outputs, flags, strict=True) if on)
+            elif eqn.primitive in adapter.STOP_GRADIENT:
                 continue
-            if active.intersection(eqn.inputs):
+            elif active.intersection(eqn.inputs):
                 active.update(o for o in eqn.outputs if adapter.is_float_aval(self._avals[o]))
         reaches_loss = {self._loss_id}
         for eqn in reversed(self._eqns):
-            if (
+            if isinstance(eqn, _ScanEqn):
+                needed, carries = eqn.reaching_inputs([o in reaches_loss for o in eqn.outputs])
+                reaches_loss.update(s for s, on in zip(eqn.stacked, carries, strict=True) if on)
+                reaches_loss.update(
+                    i for i, on in zip(eqn.inputs, needed, strict=True) if on and i in active
+                )
+            elif (
                 reaches_loss.intersection(eqn.outputs)
                 and eqn.primitive not in adapter.STOP_GRADIENT
             ):
                 reaches_loss.update(i for i in eqn.inputs if i in active)
-        relevant = active & reaches_loss
+        return active & reaches_loss
+
+    def _is_marker(self, eqn) -> bool:
+        return (
+            isinstance(eqn, _Eqn)
+            and adapter.is_node_marker(eqn.primitive)
+            and eqn.outputs[0] != self._loss_id
+        )
+
+    def _lift_scans(self, relevant: set[int]) -> tuple[bool, bool]:
+        """Lift the scans on the differentiated path into stacked nodes. With `pcgraph.node`
+        marks, only scans whose body holds a mark are lifted; the rest fold into the
+        predictions of the marked nodes, as any unmarked computation does. Returns whether the
+        graph has marks and whether any scan was lifted."""
+        path = [e for e in self._eqns if relevant.intersection(e.outputs)]
+        scans = [
+            e
+            for e in path
+            if adapter.is_scan(e.primitive) and adapter.scan_params(e.params).length > 0
+        ]
+        marked = {
+            id(e): adapter.contains_primitive(
+                adapter.jaxpr_of(adapter.scan_params(e.params).body), adapter.node_p
+            )
+            for e in scans
+        }
+        marker_mode = any(self._is_marker(e) for e in path) or any(marked.values())
+        lift = {id(e) for e in scans if marked[id(e)] or not marker_mode}
+        self._eqns = [
+            _lift_scan(e, self._avals, marker_mode) if id(e) in lift else e for e in self._eqns
+        ]
+        return marker_mode, bool(lift)
+
+    def _analyse(self, lift_scans: bool):
+        relevant = self._relevant()
+        if lift_scans:
+            marker_mode, lifted = self._lift_scans(relevant)
+            if lifted:
+                relevant = self._relevant()
         self._pass_eqns = [e for e in self._eqns if relevant.intersection(e.outputs)]
         for eqn in self._pass_eqns:
-            if eqn.primitive in adapter.NOT_REVERSE_DIFFERENTIABLE:
+            if isinstance(eqn, _Eqn) and eqn.primitive in adapter.NOT_REVERSE_DIFFERENTIABLE:
                 raise ValueError(
                     f"The path from the differentiated arguments to the loss goes through "
                     f"`{eqn.primitive.name}` (a lax.while_loop, whose trip count may depend on "
@@ -180,59 +436,116 @@ class Graph:
                     "propagate errors through it; jax.grad fails on it too. Use lax.scan, or "
                     "lax.fori_loop with Python-int bounds, instead."
                 )
-        markers = [
-            e
-            for e in self._pass_eqns
-            if adapter.is_node_marker(e.primitive) and e.outputs[0] != self._loss_id
-        ]
-        if markers:
-            node_ids = [e.outputs[0] for e in markers]
-            labels = [
-                adapter.marker_params(e.params)[0] or f"node_{k}" for k, e in enumerate(markers)
-            ]
-            precisions = [adapter.marker_params(e.params)[1] for e in markers]
-            ops = ["node"] * len(markers)
-        else:
-            node_ids, labels, ops = [], [], []
-            for eqn in self._pass_eqns:
-                if eqn.primitive in adapter.STRUCTURAL:
-                    continue
+        if not lift_scans:
+            marker_mode = any(self._is_marker(e) for e in self._pass_eqns)
+        node_ids, labels, ops, precisions, iterations = [], [], [], [], []
+
+        def add(var, op, label, precision=1.0, length=None):
+            node_ids.append(var)
+            ops.append(op)
+            labels.append(label or f"{op}_{len(node_ids) - 1}")
+            precisions.append(precision)
+            iterations.append(length)
+
+        for eqn in self._pass_eqns:
+            if isinstance(eqn, _ScanEqn):
+                for var, (name, precision) in eqn.node_outputs():
+                    if var in relevant:
+                        add(var, "scan", name, precision, eqn.scan.length)
+            elif marker_mode:
+                if self._is_marker(eqn):
+                    name, precision = adapter.marker_params(eqn.params)
+                    add(eqn.outputs[0], "node", name or f"node_{len(node_ids)}", precision)
+            elif eqn.primitive not in adapter.STRUCTURAL:
                 for out in eqn.outputs:
                     if out in relevant and out != self._loss_id:
-                        node_ids.append(out)
-                        ops.append(eqn.primitive.name)
-                        labels.append(f"{eqn.primitive.name}_{len(node_ids) - 1}")
-            precisions = [1.0] * len(node_ids)
+                        add(out, eqn.primitive.name, None)
         self._node_ids = tuple(node_ids)
         self._node_index = {var: k for k, var in enumerate(node_ids)}
         self._precisions = tuple(precisions)
+        self._iterations = tuple(iterations)
         inputs = set(self._param_ids) | set(self._data_ids) | set(self._constants)
-        # Values the pass reads but cannot change: computed once by the feedforward pass.
+        # Values the pass reads but cannot change: computed once by the feedforward pass. A
+        # lifted scan reads every stacked carry, also those that are not nodes.
         read = {i for e in self._pass_eqns for i in e.inputs} | {self._loss_id}
+        read.update(s for e in self._pass_eqns if isinstance(e, _ScanEqn) for s in e.stacked)
         self._frozen_ids = tuple(sorted(read - relevant - inputs))
         self._build_node_info(_unique(labels), ops)
 
     def _build_node_info(self, names: list[str], ops: list[str]):
         param_name = dict(zip(self._param_ids, self.param_names, strict=True))
-        # The nodes and parameters each variable is computed from, looking through non-nodes.
-        sources: dict[int, frozenset[int]] = {p: frozenset({p}) for p in self._param_ids}
-        node_sources: dict[int, frozenset[int]] = {}
+        node_set = set(self._node_ids)
+        # The nodes and parameters each variable is computed from, looking through non-nodes,
+        # each with the slices it reads: all of them, or (through a lifted scan's final carry)
+        # only the last iteration's.
+        sources: dict[int, dict[int, str]] = {p: {p: _ALL} for p in self._param_ids}
+        parents: dict[int, set[int]] = {n: set() for n in self._node_ids}
+        # readers[n]: (slices of n read, reader node or None for the loss, slices read of it)
+        readers: dict[int, list[tuple[str, int | None, str]]] = {n: [] for n in self._node_ids}
+        # recurrent[n]: the nodes of the same lifted scan reading n's previous slice.
+        recurrent: dict[int, list[int]] = {}
+        groups: list[tuple[int, ...]] = []
+
+        def merged(*found: dict[int, str]) -> dict[int, str]:
+            out: dict[int, str] = {}
+            for part in found:
+                for var, slices in part.items():
+                    out[var] = slices if out.get(var, slices) == slices else _ALL
+            return out
+
+        def link(found: dict[int, str], child: int, child_slices: str):
+            for var, slices in found.items():
+                parents[child].add(var)
+                if var in node_set:
+                    readers[var].append((slices, child, child_slices))
+
         for eqn in self._pass_eqns:
-            found = frozenset().union(*(sources.get(i, frozenset()) for i in eqn.inputs))
+            if isinstance(eqn, _ScanEqn):
+                group = tuple(o for o in eqn.outputs if o in node_set)
+                if group:
+                    groups.append(group)
+                self._link_scan(eqn, sources, parents, recurrent, merged, link)
+                continue
+            found = merged(*(sources.get(i, {}) for i in eqn.inputs))
             for out in eqn.outputs:
-                if out in self._node_index:
-                    node_sources[out] = found
-                    sources[out] = frozenset({out})
+                if out in node_set:
+                    groups.append((out,))
+                    link(found, out, _ALL)
+                    sources[out] = {out: _ALL}
                 else:
                     sources[out] = found
-        loss_sources = sources.get(self._loss_id, frozenset())
-        distance: dict[int, int] = {}
-        final: dict[int, int] = {}
-        for n in reversed(self._node_ids):
-            children = [c for c in self._node_ids if n in node_sources[c]]
-            steps = [distance[c] + 1 for c in children] + ([1] if n in loss_sources else [])
-            finals = [final[c] + 1 for c in children] + ([1] if n in loss_sources else [])
-            distance[n], final[n] = min(steps), max(finals)
+        loss_sources = sources.get(self._loss_id, {})
+        for var, slices in loss_sources.items():
+            if var in node_set:
+                readers[var].append((slices, None, _ALL))
+
+        # Per slice (in the order the iterations run): the step its error is first non-zero,
+        # and the step after which it is final.
+        first: dict[int, np.ndarray] = {}
+        final: dict[int, np.ndarray] = {}
+
+        def reader_steps(reader, slices):
+            if reader is None:
+                return 1, 1
+            if slices == _FIRST:
+                return first[reader][0] + 1, final[reader][0] + 1
+            return np.min(first[reader]) + 1, np.max(final[reader]) + 1
+
+        for group in reversed(groups):
+            for n in group:
+                length = self._iterations[self._node_index[n]] or 1
+                first[n], final[n] = np.full(length, np.inf), np.full(length, -np.inf)
+                for slices, reader, reader_slices in readers[n]:
+                    at = slice(None) if slices == _ALL else slice(length - 1, length)
+                    d, f = reader_steps(reader, reader_slices)
+                    first[n][at] = np.minimum(first[n][at], d)
+                    final[n][at] = np.maximum(final[n][at], f)
+            # A carry's slice k is read by iteration k + 1 of the same scan.
+            for k in range(len(first[group[0]]) - 2, -1, -1):
+                for n in group:
+                    for reader in recurrent.get(n, ()):
+                        first[n][k] = min(first[n][k], first[reader][k + 1] + 1)
+                        final[n][k] = max(final[n][k], final[reader][k + 1] + 1)
         name_of = {n: names[k] for k, n in enumerate(self._node_ids)} | param_name
         order = {v: k for k, v in enumerate((*self._param_ids, *self._node_ids))}
 
@@ -246,14 +559,49 @@ class Graph:
                 shape=tuple(self._avals[n].shape),
                 dtype=np.dtype(self._avals[n].dtype),
                 precision=self._precisions[k],
-                parents=parent_names(node_sources[n]),
-                distance=distance[n],
-                final_step=final[n],
+                parents=parent_names(parents[n]),
+                distance=int(np.min(first[n])),
+                final_step=int(np.max(final[n])),
+                iterations=self._iterations[k],
             )
             for k, n in enumerate(self._node_ids)
         )
         self._loss_parents = parent_names(loss_sources)
         self.depth = max((info.final_step for info in self.nodes), default=0)
+
+    def _link_scan(self, eqn: _ScanEqn, sources, parents, recurrent, merged, link):
+        """Sources and readers of a lifted scan's outputs. Body output `o` reads the consts and
+        xs at every iteration, each init at the first iteration only, and the carries' values
+        of the previous iteration."""
+        node_set = set(self._node_ids)
+        nc = eqn.num_carry
+        carry_positions = {eqn.carry_position(j): j for j in range(nc)}
+
+        def external(dep) -> dict[int, str]:
+            return merged(*(sources.get(eqn.inputs[p], {}) for p in dep))
+
+        def carried(dep) -> dict[int, str]:
+            stacked = (eqn.stacked[carry_positions[p]] for p in dep if p in carry_positions)
+            return {s: _ALL for s in stacked if s in node_set}
+
+        outputs = [*eqn.stacked, *eqn.ys]
+        for o, (var, dep) in enumerate(zip(outputs, eqn.deps, strict=True)):
+            if var in node_set:
+                for p in dep:
+                    found = sources.get(eqn.inputs[p], {})
+                    link(found, var, _FIRST if p in carry_positions else _ALL)
+                for s in carried(dep):
+                    parents[var].add(s)
+                    recurrent.setdefault(s, []).append(var)
+                sources[var] = {var: _ALL}
+            elif o >= nc:
+                view = eqn.y_views[o - nc]
+                if view is not None:
+                    sources[var] = carried([eqn.carry_position(view)])
+                else:
+                    sources[var] = merged(external(dep), carried(dep))
+        for s, final_carry in zip(eqn.stacked, eqn.finals, strict=True):
+            sources[final_carry] = {s: _LAST} if s in node_set else {}
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -269,7 +617,11 @@ class Graph:
         env = dict(zip(self._param_ids, params, strict=True))
         env.update(zip(self._data_ids, data, strict=True))
         for eqn in self._eqns:
-            outs = adapter.bind(eqn.primitive, eqn.params, [self._read(env, i) for i in eqn.inputs])
+            invals = [self._read(env, i) for i in eqn.inputs]
+            if isinstance(eqn, _ScanEqn):
+                outs = eqn.feedforward(invals)
+            else:
+                outs = adapter.bind(eqn.primitive, eqn.params, invals)
             env.update(zip(eqn.outputs, outs, strict=True))
         return Feedforward(
             values=[env[n] for n in self._node_ids],
@@ -294,11 +646,17 @@ class Graph:
         mus: list[Any] = [None] * len(self._node_ids)
         for eqn in self._pass_eqns:
             invals = [self._read(env, i) for i in eqn.inputs]
-            outs = adapter.bind_for_relaxation(eqn.primitive, eqn.params, invals)
+            if isinstance(eqn, _ScanEqn):
+                # Stacked carries that are not nodes keep their (frozen) feedforward values.
+                outs = eqn.predict(invals, [env[s] for s in eqn.stacked])
+                skip = set(eqn.stacked)
+            else:
+                outs = adapter.bind_for_relaxation(eqn.primitive, eqn.params, invals)
+                skip = ()
             for var, out in zip(eqn.outputs, outs, strict=True):
                 if var in self._node_index:
                     mus[self._node_index[var]] = out
-                else:
+                elif var not in skip:
                     env[var] = out
         return mus, self._read(env, self._loss_id)
 
@@ -312,15 +670,20 @@ class Graph:
 
     def summary(self) -> str:
         """A table of the value nodes: name, op, shape, precision, parents, distance to the
-        loss (shortest path) and the step after which the node's error is final (longest)."""
+        loss (shortest path) and the step after which the node's error is final (longest).
+        A node stacked over the iterations of a lifted scan shows its shape as
+        `iterations x dtype[slice shape]`."""
         rows = [("#", "name", "op", "shape", "precision", "dist", "final", "parents")]
         for k, info in enumerate(self.nodes):
+            shape = f"{info.dtype.name}{list(info.shape)}"
+            if info.iterations is not None:
+                shape = f"{info.iterations} x {info.dtype.name}{list(info.shape[1:])}"
             rows.append(
                 (
                     str(k),
                     info.name,
                     info.op,
-                    f"{info.dtype.name}{list(info.shape)}",
+                    shape,
                     f"{info.precision:g}",
                     str(info.distance),
                     str(info.final_step),
@@ -329,9 +692,11 @@ class Graph:
             )
         rows.append(("", "loss", "", "", "", "0", "0", ", ".join(self._loss_parents)))
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
+        stacked = sum(info.iterations is not None for info in self.nodes)
         lines = [
-            f"Graph: {len(self.nodes)} value nodes, depth {self.depth}, "
-            f"{len(self._param_ids)} parameter leaves"
+            f"Graph: {len(self.nodes)} value nodes"
+            + (f" ({stacked} stacked over scan iterations)" if stacked else "")
+            + f", depth {self.depth}, {len(self._param_ids)} parameter leaves"
         ]
         for row in rows:
             cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
@@ -341,25 +706,77 @@ class Graph:
     def __repr__(self) -> str:
         return self.summary()
 
-    def to_dot(self) -> str:
+    def to_dot(self, errors: dict[str, Any] | None = None) -> str:
         """The graph in Graphviz DOT: parameters as boxes, value nodes as ellipses (labelled
-        with name, shape and distance to the loss) and the loss as a double circle."""
+        with name, shape and distance to the loss) and the loss as a double circle.
+
+        **Arguments:**
+
+        - `errors`: optionally, each node's error at equilibrium, keyed by node name, e.g.
+            `pcgraph.relax(fn, *args).errors`. Each node is then filled by the norm of its
+            error `||eps_i||` on a log scale from pale yellow (small) to dark red (large),
+            spanning at most 6 decades below the largest; the norm is added to its label and
+            the scale to the graph's caption. Nodes missing from `errors` stay unfilled.
+
+        **Returns:**
+
+        The DOT source. Draw it with [`pcgraph.Graph.render`][] or any Graphviz tool.
+        """
+        from . import _render
+
         lines = ["digraph pcgraph {", "  rankdir=LR;", '  node [fontname="Helvetica"];']
 
         def quoted(text):
-            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            # A DOT string escapes backslashes and quotes and spells a line break `\n`.
+            escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            return f'"{escaped}"'
 
+        magnitudes, colours = {}, {}
+        if errors is not None:
+            magnitudes = _render.error_magnitudes(errors, self.node_names)
+            colours, low, high = _render.colour_scale(magnitudes)
+            caption = (
+                f"node colour: error norm ||eps||, log scale from {low:.2g} (pale) to "
+                f"{high:.2g} (dark)"
+            )
+            lines.append(f"  label={quoted(caption)}; labelloc=b; fontname=Helvetica;")
         for name in self.param_names:
             lines.append(f"  {quoted(name)} [shape=box, style=filled, fillcolor=lightgrey];")
         for info in self.nodes:
-            label = f"{info.name}\\n{list(info.shape)}\\nd={info.distance}"
-            lines.append(f"  {quoted(info.name)} [shape=ellipse, label={quoted(label)}];")
+            label = f"{info.name}\n{list(info.shape)}\nd={info.distance}"
+            style = ""
+            if info.name in colours:
+                label += f"\n|eps|={magnitudes[info.name]:.2g}"
+                fill = colours[info.name]
+                font = _render.text_colour(fill)
+                style = f', style=filled, fillcolor="{fill}", fontcolor={font}'
+            lines.append(f"  {quoted(info.name)} [shape=ellipse, label={quoted(label)}{style}];")
         lines.append('  "loss" [shape=doublecircle];')
         for info in self.nodes:
             lines.extend(f"  {quoted(p)} -> {quoted(info.name)};" for p in info.parents)
         lines.extend(f'  {quoted(p)} -> "loss";' for p in self._loss_parents)
         lines.append("}")
         return "\n".join(lines)
+
+    def render(self, path, errors: dict[str, Any] | None = None, *, format: str | None = None):
+        """Draw the graph to an SVG, PNG or PDF file with Graphviz.
+
+        Needs Graphviz's `dot` executable on PATH (Debian/Ubuntu: `apt install graphviz`);
+        without it this raises `FileNotFoundError` saying so, and `to_dot()` still works.
+
+        **Arguments:**
+
+        - `path`: the file to write; its suffix (`.svg`, `.png`, `.pdf`) picks the format.
+        - `errors`: as for [`pcgraph.Graph.to_dot`][]: colour the nodes by their error.
+        - `format`: `"svg"`, `"png"` or `"pdf"`, overriding the suffix.
+
+        **Returns:**
+
+        The path written, as a `pathlib.Path`.
+        """
+        from . import _render
+
+        return _render.render_dot(self.to_dot(errors), path, format)
 
 
 class Traced(NamedTuple):
@@ -409,8 +826,11 @@ def _check_param_leaf(path, leaf, argnum: int):
         )
 
 
-def trace_flat(fn: Callable, args: Sequence[Any], argnums, has_aux: bool) -> Traced:
-    """Trace `fn(*args)` with the leaves of `args[argnums]` as differentiated inputs."""
+def trace_flat(
+    fn: Callable, args: Sequence[Any], argnums, has_aux: bool, lift_scans: bool = True
+) -> Traced:
+    """Trace `fn(*args)` with the leaves of `args[argnums]` as differentiated inputs; with
+    `lift_scans=False` every scan stays one opaque node."""
     nums = _normalise_argnums(argnums, len(args))
     many = isinstance(argnums, tuple | list)
     diff_args = [args[n] for n in nums]
@@ -457,6 +877,7 @@ def trace_flat(fn: Callable, args: Sequence[Any], argnums, has_aux: bool) -> Tra
         loss_id=outputs[0],
         aux_ids=tuple(outputs[1:]),
         param_names=tuple(param_paths),
+        lift_scans=lift_scans,
     )
 
     def unflatten_grads(flat_grads):
@@ -495,13 +916,22 @@ def _check_loss(out, has_aux: bool):
         )
 
 
-def trace(fn: Callable, *args, argnums=0, has_aux: bool = False) -> Graph:
+def trace(fn: Callable, *args, argnums=0, has_aux: bool = False, lift_scans: bool = True) -> Graph:
     """Trace `fn(*args)` into a predictive-coding [`Graph`][pcgraph.Graph].
 
     The leaves of the arguments at `argnums` are the parameters (differentiated inputs); every
     other array argument is data, and arrays the function closes over are constants, exactly
     as under `jax.grad`. Nested `jax.jit` calls are inlined; `custom_jvp`/`custom_vjp`
-    functions, `cond` and `scan` stay whole as single nodes.
+    functions and `cond` stay whole as single nodes.
+
+    A `lax.scan` on the path from the parameters to the loss is lifted: each carry becomes one
+    node stacked over the iterations (a leading axis of the scan's length, one slice per
+    iteration), and so does each `ys` output computed in the body. Their predictions are the
+    body evaluated for all iterations at once, each reading the previous slice of the carry
+    (the initial carry for the first), so the program does not grow with the length. With
+    `pcgraph.node` marks, only scans whose body holds a mark are lifted (a marked carry or `ys`
+    output keeps its mark's name and precision); other scans, and scans nested in a lifted
+    body, stay whole.
 
     **Arguments:**
 
@@ -510,9 +940,11 @@ def trace(fn: Callable, *args, argnums=0, has_aux: bool = False) -> Graph:
     - `*args`: example arguments; only their shapes and dtypes matter.
     - `argnums`: an int or a tuple of ints, as for `jax.grad`.
     - `has_aux`: whether `fn` returns `(loss, aux)`.
+    - `lift_scans`: lift scans into stacked nodes as above; `False` keeps every scan whole, as
+        a single node.
 
     **Returns:**
 
     The `Graph`; print it (or call `.summary()`) to see its nodes.
     """
-    return trace_flat(fn, args, argnums, has_aux).graph
+    return trace_flat(fn, args, argnums, has_aux, lift_scans).graph

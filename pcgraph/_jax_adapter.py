@@ -6,7 +6,7 @@ identity. Supported range: the one pinned in ``pyproject.toml``.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.extend.core as jex_core
@@ -87,6 +87,56 @@ CALLBACKS = frozenset(
         _jax_debugging.debug_print_p,
     }
 )
+
+
+# -- scans --------------------------------------------------------------------------------------
+
+
+class ScanParams(NamedTuple):
+    """The parts of a `scan` equation pcgraph reads. The inputs are `consts, init, xs` and the
+    outputs `final carry, ys`; `body` maps `consts, carry, x` to `new carry, y`."""
+
+    body: ClosedJaxpr
+    length: int
+    reverse: bool
+    num_consts: int
+    num_carry: int
+    unroll: Any
+
+
+def is_scan(primitive: Primitive) -> bool:
+    return primitive is jex_prims.scan_p
+
+
+def scan_params(params: dict[str, Any]) -> ScanParams:
+    # `linear` and `_split_transpose` (in some JAX versions) only steer JAX's own transpose of
+    # the loop; pcgraph re-expresses the loop with `lax.scan` and `vmap`, so it ignores them.
+    return ScanParams(
+        body=params["jaxpr"],
+        length=params["length"],
+        reverse=params["reverse"],
+        num_consts=params["num_consts"],
+        num_carry=params["num_carry"],
+        unroll=params["unroll"],
+    )
+
+
+def call_closed(body: ClosedJaxpr, *args) -> list[Any]:
+    """Evaluate a closed jaxpr on values (or tracers)."""
+    return list(jex_core.jaxpr_as_fun(body)(*args))
+
+
+def jaxpr_of(body: ClosedJaxpr) -> Jaxpr:
+    return body.jaxpr
+
+
+def contains_primitive(jaxpr: Jaxpr, primitive: Primitive) -> bool:
+    """Whether `primitive` is bound anywhere in `jaxpr`, nested programs included."""
+    return any(
+        eqn.primitive is primitive
+        or any(contains_primitive(sub, primitive) for sub in jex_core.jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns
+    )
 
 
 def make_jaxpr(flat_fn: Callable, flat_args: Sequence[Any]) -> tuple[Jaxpr, list[Any]]:

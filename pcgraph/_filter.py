@@ -1,0 +1,119 @@
+"""Filtered entry points in the style of `equinox.filter_grad`: differentiate the floating
+arrays of the first argument, whatever else it holds."""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+
+from ._algorithms import AbstractAlgorithm
+from ._grad import value_and_grad
+
+_sentinel: Any = object()
+
+
+class _Recombined(eqx.Module):
+    """`fun` called on the first argument put back together from its differentiated and
+    other parts. A Module, so that two wrappers of the same `fun` compare equal and a
+    repeated call reuses the compiled solve."""
+
+    fun: Callable
+
+    def __call__(self, diff, nondiff, args, kwargs):
+        return self.fun(eqx.combine(diff, nondiff), *args, **kwargs)
+
+
+def _first_argument(args, kwargs, name: str):
+    if not args:
+        raise TypeError(
+            f"A function wrapped with `pcgraph.{name}` differentiates its first positional "
+            f"argument, but it was called with {'keyword arguments only' if kwargs else 'none'}"
+            ". Pass the model (or parameters) first, by position: `f(model, x, y)`."
+        )
+    return args[0], args[1:]
+
+
+def filter_value_and_grad(
+    fun: Callable = _sentinel,
+    *,
+    has_aux: bool = False,
+    algorithm: AbstractAlgorithm | None = None,
+) -> Callable:
+    """Like `equinox.filter_value_and_grad`, with the gradient computed by predictive coding.
+
+    The floating-point arrays of the first argument are differentiated (through
+    [`pcgraph.value_and_grad`][]); every other leaf of it (integer arrays, Python numbers,
+    functions, ...) is held fixed, as are all other arguments, which may be passed by
+    position or keyword. Use it as a decorator, with or without arguments.
+
+    **Arguments:**
+
+    - `fun`: a pure function whose first argument is a pytree, e.g. an `equinox.Module`,
+        returning a scalar float loss (or `(loss, aux)` with `has_aux=True`).
+    - `has_aux`: whether `fun` returns `(loss, aux)`.
+    - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`, which equals
+        `jax.grad` up to round-off.
+
+    **Returns:**
+
+    A function with `fun`'s signature returning `(value, grads)`, or `((value, aux), grads)`
+    with `has_aux=True`. `grads` has the structure of the first argument, with the gradient at
+    each floating-point array and None at every other leaf.
+    """
+    if fun is _sentinel:
+        return functools.partial(filter_value_and_grad, has_aux=has_aux, algorithm=algorithm)
+    return _filtered(fun, has_aux, algorithm, "filter_value_and_grad")
+
+
+def _filtered(fun: Callable, has_aux: bool, algorithm, name: str) -> Callable:
+    solve = value_and_grad(_Recombined(fun), has_aux=has_aux, algorithm=algorithm)
+
+    @functools.wraps(fun)
+    def value_and_grad_fn(*args, **kwargs):
+        x, rest = _first_argument(args, kwargs, name)
+        diff, nondiff = eqx.partition(x, eqx.is_inexact_array)
+        return solve(diff, nondiff, rest, kwargs)
+
+    return value_and_grad_fn
+
+
+def filter_grad(
+    fun: Callable = _sentinel,
+    *,
+    has_aux: bool = False,
+    algorithm: AbstractAlgorithm | None = None,
+) -> Callable:
+    """Like `equinox.filter_grad`, with the gradient computed by predictive coding: a drop-in
+    for training equinox models.
+
+    See [`pcgraph.filter_value_and_grad`][] for the arguments.
+
+    **Returns:**
+
+    A function with `fun`'s signature returning the gradients (and `aux` with
+    `has_aux=True`): the structure of the first argument, with the gradient at each
+    floating-point array and None at every other leaf.
+
+    !!! example
+
+        ```python
+        @pcgraph.filter_grad
+        def loss(model, x, y):
+            return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+
+        grads = loss(model, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, model)
+        model = eqx.apply_updates(model, updates)
+        ```
+    """
+    if fun is _sentinel:
+        return functools.partial(filter_grad, has_aux=has_aux, algorithm=algorithm)
+    value_and_grad_fn = _filtered(fun, has_aux, algorithm, "filter_grad")
+
+    @functools.wraps(fun)
+    def grad_fn(*args, **kwargs):
+        value, grads = value_and_grad_fn(*args, **kwargs)
+        return (grads, value[1]) if has_aux else grads
+
+    return grad_fn
