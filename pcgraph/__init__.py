@@ -1,11 +1,19 @@
 """pcgraph: predictive coding as a drop-in replacement for `jax.grad`."""
 
-from ._algorithms import FPA as FPA, IL as IL, AbstractAlgorithm as AbstractAlgorithm
+from . import nn as nn, theory as theory
+from ._algorithms import (
+    FPA as FPA,
+    IL as IL,
+    IPC as IPC,
+    ZIL as ZIL,
+    AbstractAlgorithm as AbstractAlgorithm,
+)
 from ._check import (
     GradReport as GradReport,
     LeafComparison as LeafComparison,
     check_grad as check_grad,
 )
+from ._cost import CostReport as CostReport, cost as cost
 from ._ebm import AbstractEnergy as AbstractEnergy, HopfieldEnergy as HopfieldEnergy
 from ._eqprop import (
     CHL as CHL,
@@ -15,10 +23,13 @@ from ._eqprop import (
     ebm_grad as ebm_grad,
     ebm_relax as ebm_relax,
 )
+from ._filter import filter_grad as filter_grad, filter_value_and_grad as filter_value_and_grad
 from ._grad import (
     Solution as Solution,
+    TrainInfo as TrainInfo,
     grad as grad,
     relax as relax,
+    train_step as train_step,
     value_and_grad as value_and_grad,
 )
 from ._graph import Graph as Graph, NodeInfo as NodeInfo, trace as trace
@@ -48,6 +59,12 @@ __all__ = [
     "ebm_relax",
     "FPA",
     "IL",
+    "IPC",
+    "ZIL",
+    "TrainInfo",
+    "CostReport",
+    "cost",
+    "train_step",
     "RESULTS",
     "AbstractAlgorithm",
     "AbstractStepper",
@@ -62,6 +79,8 @@ __all__ = [
     "RelaxationStats",
     "Solution",
     "check_grad",
+    "filter_grad",
+    "filter_value_and_grad",
     "grad",
     "node",
     "relax",

@@ -2,14 +2,17 @@
 
 import abc
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optax
 
 from ._graph import Feedforward, Graph
-from ._relax import RelaxationStats, relax
+from ._relax import RESULTS, RelaxationStats, _max_abs, relax
+from ._schedule import delays, levels, predict_level, wavefront
 from ._steppers import AbstractStepper, Euler
 
 
@@ -39,6 +42,33 @@ class AbstractAlgorithm(eqx.Module):
         self, graph: Graph, params, data, feedforward: Feedforward, *, save_energy: bool
     ) -> Equilibrium:
         """Relax `graph` from its feedforward pass and read off the parameter gradients."""
+
+    @property
+    def lifts_scans(self) -> bool:
+        """Whether the graph this algorithm relaxes lifts `lax.scan` into stacked nodes (one
+        slice per iteration); algorithms that evaluate nodes level by level keep each scan
+        whole, as one opaque node."""
+        return True
+
+    def train(
+        self,
+        graph: Graph,
+        params,
+        data,
+        feedforward: Feedforward,
+        optimizer: optax.GradientTransformation,
+        opt_state,
+        unflatten: Callable[[list[jax.Array]], Any],
+        *,
+        save_energy: bool,
+    ) -> tuple[list[jax.Array], Any, RelaxationStats]:
+        """One training step: the parameters (flat, as `params`) after `optimizer` applied
+        the gradients this algorithm reads off, the new optimiser state and the statistics.
+        Algorithms that update parameters during the relaxation override this."""
+        equilibrium = self.solve(graph, params, data, feedforward, save_energy=save_energy)
+        tree = unflatten(params)
+        updates, opt_state = optimizer.update(unflatten(equilibrium.grads), opt_state, tree)
+        return jax.tree.leaves(optax.apply_updates(tree, updates)), opt_state, equilibrium.stats
 
 
 class IL(AbstractAlgorithm):
@@ -82,23 +112,10 @@ class IL(AbstractAlgorithm):
         _check_positive("IL(max_energy_increase)", self.max_energy_increase)
 
     def solve(self, graph, params, data, feedforward, *, save_energy):
-        precisions = graph.precisions()
         frozen = feedforward.frozen
-
-        def energy(values, params):
-            mus, loss = graph.predict(values, params, data, frozen)
-            errors = graph.errors(values, mus)
-            node_energy = sum(
-                p / 2 * jnp.sum(e**2) for p, e in zip(precisions, errors, strict=True)
-            )
-            return node_energy + self.beta * loss
-
-        def force_fn(values):
-            value, grad = jax.value_and_grad(energy)(values, params)
-            return value, jax.tree.map(jnp.negative, grad)
-
+        energy = _inference_energy(graph, data, frozen, self.beta)
         values, stats = relax(
-            force_fn,
+            _force_fn(energy, params),
             feedforward.values,
             stepper=self.stepper,
             max_steps=self.max_steps,
@@ -114,11 +131,57 @@ class IL(AbstractAlgorithm):
         return Equilibrium(grads, values, errors, stats)
 
 
+def _inference_energy(graph: Graph, data, frozen, beta) -> Callable:
+    """IL's energy `F(values, params) = sum_i p_i/2 ||v_i - mu_i||^2 + beta * loss`, with
+    every prediction evaluated at the current values."""
+    precisions = graph.precisions()
+
+    def energy(values, params):
+        mus, loss = graph.predict(values, params, data, frozen)
+        return _energy(precisions, graph.errors(values, mus)) + beta * loss
+
+    return energy
+
+
+def _force_fn(energy: Callable, params) -> Callable:
+    """`values -> (F, -dF/dvalues)` at fixed `params`."""
+
+    def force_fn(values):
+        value, grad = jax.value_and_grad(energy)(values, params)
+        return value, jax.tree.map(jnp.negative, grad)
+
+    return force_fn
+
+
 def _cotangents(graph: Graph, errors, beta, loss):
     """Cotangents of the prediction pass for the local rule: `-p_i eps_i` on each prediction
     and `beta` on the loss."""
     on_predictions = [-p * e for p, e in zip(graph.precisions(), errors, strict=True)]
     return on_predictions, jnp.asarray(beta, jnp.result_type(loss))
+
+
+Schedule = Literal["relaxation", "wavefront"]
+
+
+def _check_schedule(owner: str, schedule):
+    if schedule not in ("relaxation", "wavefront"):
+        raise ValueError(
+            f"{owner}(schedule={schedule!r}): the schedule is 'relaxation' (every node relaxes "
+            "at every step) or 'wavefront' (each node's local VJP evaluated once, when its "
+            "error is final)."
+        )
+
+
+def _wavefront_equilibrium(graph, params, data, feedforward, save_energy) -> Equilibrium:
+    """The exact schedule as an equilibrium: FPA with `Euler(1.0)` after `graph.depth` steps,
+    with each node's local VJP evaluated once instead of at every step."""
+    front = wavefront(graph, params, data, feedforward)
+    # Each error is set to -b_i/p_i from its complete pulled-back sum b_i, which is exactly
+    # where FPA's force -(eps_i + b_i/p_i) vanishes.
+    residual = jnp.zeros((), front.energies.dtype)
+    stats = _fixed_steps_stats(front.energies, residual, save_energy)
+    values = [v + e for v, e in zip(feedforward.values, front.errors, strict=True)]
+    return Equilibrium(front.grads, values, front.errors, stats)
 
 
 class FPA(AbstractAlgorithm):
@@ -137,6 +200,10 @@ class FPA(AbstractAlgorithm):
     - `max_steps`: the most steps; None means `graph.depth`, enough for `Euler(1.0)`.
     - `rtol`, `atol`: stop once the largest force is at most
         `atol + rtol * (largest initial force)`; `rtol=None` runs `max_steps` steps.
+    - `schedule`: `"relaxation"` pulls every error back through every node at every step;
+        `"wavefront"` gives the same result (`Euler(1.0)`, `graph.depth` steps) evaluating each
+        node's local VJP once, at the step its error becomes final, as backprop does. The
+        wavefront takes no `stepper`, `max_steps` or tolerance.
     - `throw`: raise on NaN/Inf or on missing the tolerance.
     """
 
@@ -144,9 +211,27 @@ class FPA(AbstractAlgorithm):
     max_steps: int | None = None
     rtol: float | None = None
     atol: float = 0.0
+    schedule: Schedule = "relaxation"
     throw: bool = True
 
+    def __check_init__(self):
+        _check_schedule("FPA", self.schedule)
+        if self.schedule == "wavefront" and (
+            self.stepper != Euler(1.0) or self.max_steps is not None or self.rtol is not None
+        ):
+            raise ValueError(
+                "FPA(schedule='wavefront') is FPA with Euler(1.0) run for graph.depth steps, "
+                "the one setting where each node's error is final at a known step; it takes no "
+                "`stepper`, `max_steps` or `rtol`. Drop them, or use schedule='relaxation'."
+            )
+
+    @property
+    def lifts_scans(self) -> bool:
+        return self.schedule == "relaxation"
+
     def solve(self, graph, params, data, feedforward, *, save_energy):
+        if self.schedule == "wavefront":
+            return _wavefront_equilibrium(graph, params, data, feedforward, save_energy)
         precisions = graph.precisions()
         (_, loss), vjp_fn = jax.vjp(
             lambda v, p: graph.predict(v, p, data, feedforward.frozen),
@@ -157,10 +242,7 @@ class FPA(AbstractAlgorithm):
         def force_fn(errors):
             pulled_back, _ = vjp_fn(_cotangents(graph, errors, 1.0, loss))
             force = [-(e + b / p) for p, e, b in zip(precisions, errors, pulled_back, strict=True)]
-            energy = loss + sum(
-                p / 2 * jnp.sum(e**2) for p, e in zip(precisions, errors, strict=True)
-            )
-            return energy, force
+            return loss + _energy(precisions, errors), force
 
         errors, stats = relax(
             force_fn,
@@ -175,3 +257,238 @@ class FPA(AbstractAlgorithm):
         _, grads = vjp_fn(_cotangents(graph, errors, 1.0, loss))
         values = [v + e for v, e in zip(feedforward.values, errors, strict=True)]
         return Equilibrium(grads, values, errors, stats)
+
+
+class ZIL(AbstractAlgorithm):
+    """Zero-divergence inference learning (Song et al. 2020): predictive coding that
+    reproduces backprop's update exactly.
+
+    Song et al.'s three conditions: the values start at the feedforward pass, the relaxation
+    takes Euler steps of size 1, and the parameters of a node read its error only at the step
+    equal to the node's distance from the loss. On a layered network the error at distance `t`
+    is then exactly backprop's at step `t`, before anything it depends on has moved.
+
+    On a graph whose paths to the loss have unequal lengths (skip connections, branches) errors
+    do not arrive in lock-step, so pcgraph equalises the paths as Salvatori et al. do: node `i`
+    is timed by its *longest* path to the loss (`NodeInfo.final_step`), and a consumer `c` that
+    is closer to the loss than `final_step_i - 1` reads `i` through a chain of
+    `final_step_i - final_step_c - 1` identity nodes (delays, each with `i`'s precision). The
+    equalised graph is layered, and Z-IL on it is exact on any DAG. Steps are preconditioned by
+    the node precisions (a step of `step_size / p_i` on node `i`), which makes the result
+    exact for any precisions.
+
+    **Arguments:**
+
+    - `schedule`: `"wavefront"` (the default) computes Z-IL's update with each node's local
+        VJP evaluated once, at the step its error is final (see `pcgraph.FPA`'s schedule);
+        `"relaxation"` runs Z-IL itself: IL relaxation on the equalised graph with every
+        prediction re-evaluated at every step, and the timed parameter reads.
+    - `step_size`, `timed_updates`, `init`, `max_steps`, `seed`: only with
+        `schedule="relaxation"`, to break Song et al.'s conditions for ablations:
+        `step_size` other than 1; `timed_updates=False` reads every parameter at the last
+        step; `init="random"` starts the values (and delays) at standard normal noise drawn
+        from `seed`; `max_steps` (default `graph.depth`) stops early or runs on.
+    - `throw`: raise if the energy becomes NaN/Inf.
+    """
+
+    schedule: Schedule = "wavefront"
+    step_size: float = 1.0
+    timed_updates: bool = True
+    init: Literal["feedforward", "random"] = "feedforward"
+    max_steps: int | None = None
+    seed: int = 0
+    throw: bool = True
+
+    def __check_init__(self):
+        _check_schedule("ZIL", self.schedule)
+        _check_positive("ZIL(step_size)", self.step_size)
+        if self.init not in ("feedforward", "random"):
+            raise ValueError(f"ZIL(init={self.init!r}): use 'feedforward' or 'random'.")
+        if self.max_steps is not None and not (
+            isinstance(self.max_steps, int) and self.max_steps >= 0
+        ):
+            raise ValueError(f"ZIL(max_steps={self.max_steps!r}): a non-negative int or None.")
+        changed = [
+            f"{name}={getattr(self, name)!r}"
+            for name, default in [
+                ("step_size", 1.0),
+                ("timed_updates", True),
+                ("init", "feedforward"),
+                ("max_steps", None),
+            ]
+            if getattr(self, name) != default
+        ]
+        if self.schedule == "wavefront" and changed:
+            raise ValueError(
+                f"ZIL({', '.join(changed)}) changes Z-IL's relaxation, but the default "
+                "schedule='wavefront' does not relax step by step (it is exact by "
+                f"construction). Pass ZIL(schedule='relaxation', {', '.join(changed)})."
+            )
+
+    @property
+    def lifts_scans(self) -> bool:
+        return False
+
+    def solve(self, graph, params, data, feedforward, *, save_energy):
+        if self.schedule == "wavefront":
+            return _wavefront_equilibrium(graph, params, data, feedforward, save_energy)
+        return _zil_relaxation(self, graph, params, data, feedforward, save_energy)
+
+
+def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> Equilibrium:
+    cut = levels(graph)
+    final = [info.final_step for info in graph.nodes]
+    precisions = graph.precisions()
+    # state[k] = [v_k, delay_1, ..., delay_K]: a consumer on level t reads delay
+    # final_k - t - 1, so every path to the loss has one node per level.
+    num_delays = delays(graph, cut)
+    state = [[v] * (n + 1) for v, n in zip(feedforward.values, num_delays, strict=True)]
+    if zil.init == "random":
+        leaves, treedef = jax.tree.flatten(state)
+        keys = jax.random.split(jax.random.key(zil.seed), len(leaves))
+        state = jax.tree.unflatten(
+            treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)]
+        )
+    num_steps = graph.depth if zil.max_steps is None else zil.max_steps
+
+    def predictions(state, params):
+        mus = [[None] + entries[:-1] for entries in state]
+        loss = None
+        for level in cut:
+            outs = predict_level(
+                graph,
+                level,
+                [state[k][final[k] - level.step - 1] for k in level.parents],
+                [params[k] for k in level.params],
+                params,
+                data,
+                feedforward.frozen,
+            )
+            if level.step == 0:
+                (loss,) = outs
+            else:
+                for k, mu in zip(level.nodes, outs, strict=True):
+                    mus[k][0] = mu
+        return mus, loss
+
+    def evaluate(state, step):
+        """Energy, force and the parameter gradients read at `step`."""
+        (mus, loss), vjp_fn = jax.vjp(predictions, state, params)
+        errors = jax.tree.map(jnp.subtract, state, mus)
+        weighted = [[p * e for e in entries] for p, entries in zip(precisions, errors, strict=True)]
+        energy = loss + sum(
+            jnp.sum(w * e) / 2
+            for w, e in zip(jax.tree.leaves(weighted), jax.tree.leaves(errors), strict=True)
+        )
+        neg = jax.tree.map(jnp.negative, weighted)
+        pulled, _ = vjp_fn((neg, jnp.ones_like(loss)))
+        force = [
+            [-(w + b) / p for w, b in zip(ws, bs, strict=True)]
+            for p, ws, bs in zip(precisions, weighted, pulled, strict=True)
+        ]
+        read = (lambda f: f == step) if zil.timed_updates else (lambda f: step == num_steps)
+        masked = [
+            [jnp.where(read(f), entries[0], 0), *entries[1:]]
+            for f, entries in zip(final, neg, strict=True)
+        ]
+        _, grads = vjp_fn((masked, jnp.where(read(0), 1, 0).astype(loss.dtype)))
+        return energy, force, grads, errors
+
+    def body(step, carry):
+        state, grads, energies = carry
+        energy, force, step_grads, _ = evaluate(state, step)
+        state = jax.tree.map(lambda s, f: s + zil.step_size * f, state, force)
+        grads = jax.tree.map(jnp.add, grads, step_grads)
+        return state, grads, energies.at[step].set(energy)
+
+    energies = jnp.zeros((num_steps + 1,), feedforward.loss.dtype)
+    grads = [jnp.zeros_like(p) for p in params]
+    state, grads, energies = jax.lax.fori_loop(0, num_steps, body, (state, grads, energies))
+    energy, force, step_grads, errors = evaluate(state, num_steps)
+    grads = jax.tree.map(jnp.add, grads, step_grads)
+    energies = energies.at[num_steps].set(energy)
+    stats = _fixed_steps_stats(energies, _max_abs(force), save_energy)
+    values = [entries[0] for entries in state]
+    return Equilibrium(grads, values, [entries[0] for entries in errors], stats)
+
+
+class IPC(AbstractAlgorithm):
+    """Incremental predictive coding (Salvatori et al. 2022): the activities and the
+    parameters are updated together at every relaxation step.
+
+    Each step computes the energy `F = sum_i p_i/2 ||v_i - mu_i||^2 + beta * loss` and its
+    gradients at the current activities and parameters; the activities take a `stepper` step
+    and the parameters an `optimizer` step on `dF/dtheta / beta`, both from the same state.
+    iPC is a training scheme, not a gradient: use it with [`pcgraph.train_step`][].
+
+    **Arguments:**
+
+    - `beta`: the output weight.
+    - `stepper`: how the activities move each step.
+    - `num_steps`: steps (each one activity and one parameter update) per training step.
+    - `throw`: raise if the energy becomes NaN/Inf.
+    """
+
+    beta: float = 1.0
+    stepper: AbstractStepper = Euler(0.1)
+    num_steps: int = 10
+    throw: bool = True
+
+    def __check_init__(self):
+        _check_positive("IPC(beta)", self.beta)
+        if not (isinstance(self.num_steps, int) and self.num_steps >= 1):
+            raise ValueError(f"IPC(num_steps={self.num_steps!r}): a positive int.")
+
+    def solve(self, graph, params, data, feedforward, *, save_energy):
+        raise TypeError(
+            "pcgraph.IPC updates the parameters at every relaxation step, so it has no single "
+            "gradient to return. Train with it through "
+            "`pcgraph.train_step(fn, optimizer, algorithm=pcgraph.IPC())`."
+        )
+
+    def train(
+        self, graph, params, data, feedforward, optimizer, opt_state, unflatten, *, save_energy
+    ):
+        energy = _inference_energy(graph, data, feedforward.frozen, self.beta)
+
+        def step(carry, _):
+            values, params, opt_state, stepper_state = carry
+            value, (dvalues, dparams) = jax.value_and_grad(energy, argnums=(0, 1))(values, params)
+            force = jax.tree.map(jnp.negative, dvalues)
+            values, stepper_state = self.stepper.step(
+                _force_fn(energy, params), force, values, stepper_state
+            )
+            tree = unflatten(params)
+            grads = unflatten([g / self.beta for g in dparams])
+            updates, opt_state = optimizer.update(grads, opt_state, tree)
+            params = jax.tree.leaves(optax.apply_updates(tree, updates))
+            return (values, params, opt_state, stepper_state), value
+
+        stepper_state = self.stepper.init(feedforward.values, _force_fn(energy, params))
+        (values, params, opt_state, _), energies = jax.lax.scan(
+            step, (feedforward.values, params, opt_state, stepper_state), length=self.num_steps
+        )
+        final_energy, final_force = _force_fn(energy, params)(values)
+        energies = jnp.append(energies, final_energy)
+        stats = _fixed_steps_stats(energies, _max_abs(final_force), save_energy)
+        return params, opt_state, stats
+
+
+def _fixed_steps_stats(energies, residual, save_energy) -> RelaxationStats:
+    """The statistics of a relaxation that ran a fixed number of steps, from its energies
+    before each step and after the last."""
+    return RelaxationStats(
+        num_steps=jnp.asarray(energies.shape[0] - 1, jnp.int32),
+        initial_energy=energies[0],
+        energy=energies[-1],
+        residual=residual,
+        result=RESULTS.where(
+            jnp.all(jnp.isfinite(energies)), RESULTS.successful, RESULTS.nonfinite
+        ),
+        energy_trajectory=energies if save_energy else None,
+    )
+
+
+def _energy(precisions, errors) -> jax.Array:
+    """The nodes' part of the energy, `sum_i p_i/2 ||eps_i||^2`."""
+    return sum(p / 2 * jnp.sum(e**2) for p, e in zip(precisions, errors, strict=True))

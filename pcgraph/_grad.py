@@ -6,6 +6,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import optax
 
 from ._algorithms import FPA, AbstractAlgorithm
 from ._graph import trace_flat
@@ -51,7 +52,7 @@ def _check_algorithm(algorithm) -> AbstractAlgorithm:
 
 @eqx.filter_jit
 def _solve(fn, args, argnums, has_aux, algorithm, save_energy) -> Solution:
-    traced = trace_flat(fn, args, argnums, has_aux)
+    traced = trace_flat(fn, args, argnums, has_aux, algorithm.lifts_scans)
     graph = traced.graph
     feedforward = graph.feedforward(traced.params, traced.data)
     equilibrium = algorithm.solve(
@@ -68,10 +69,13 @@ def _solve(fn, args, argnums, has_aux, algorithm, save_energy) -> Solution:
     )
 
 
-def _checked_solve(fn, args, argnums, has_aux, algorithm, save_energy) -> Solution:
-    # Checked outside the compiled solve, so that a concrete failure can quote its numbers.
-    solution = _solve(fn, args, argnums, has_aux, algorithm, save_energy)
-    return solution.stats.raise_if_failed(solution) if algorithm.throw else solution
+def _checked(stats: RelaxationStats, algorithm: AbstractAlgorithm, outputs):
+    """`outputs`, once the relaxation is known to have succeeded (with `throw=True`).
+
+    Checked outside the compiled solve, so that a concrete failure can quote its numbers;
+    under an outer `jit` the check guards only `outputs`, so that what it does not return
+    (node values and errors, sharded over a batch) is not gathered for it."""
+    return stats.raise_if_failed(outputs) if algorithm.throw else outputs
 
 
 def _as_static(argnums):
@@ -101,7 +105,8 @@ def relax(
     - `save_energy`: record the energy at every step in `Solution.stats.energy_trajectory`.
     """
     algorithm = _check_algorithm(algorithm)
-    return _checked_solve(fn, args, _as_static(argnums), has_aux, algorithm, save_energy)
+    solution = _solve(fn, args, _as_static(argnums), has_aux, algorithm, save_energy)
+    return _checked(solution.stats, algorithm, solution)
 
 
 def value_and_grad(
@@ -133,9 +138,9 @@ def value_and_grad(
 
     @functools.wraps(fn)
     def value_and_grad_fn(*args):
-        solution = _checked_solve(fn, args, argnums, has_aux, algorithm, False)
+        solution = _solve(fn, args, argnums, has_aux, algorithm, False)
         value = (solution.value, solution.aux) if has_aux else solution.value
-        return value, solution.grads
+        return _checked(solution.stats, algorithm, (value, solution.grads))
 
     return value_and_grad_fn
 
@@ -182,3 +187,95 @@ def grad(
         return (grads, value[1]) if has_aux else grads
 
     return grad_fn
+
+
+class TrainInfo(eqx.Module):
+    """What one [`pcgraph.train_step`][] call did.
+
+    **Attributes:**
+
+    - `loss`: the loss at the feedforward pass, before the update.
+    - `aux`: the auxiliary output with `has_aux=True`, else None.
+    - `stats`: the relaxation's [`pcgraph.RelaxationStats`][] (with `save_energy=True`, its
+        `energy_trajectory`).
+    """
+
+    loss: jax.Array
+    aux: Any
+    stats: RelaxationStats
+
+
+@eqx.filter_jit
+def _train(fn, optimizer, params, opt_state, args, has_aux, algorithm, save_energy):
+    traced = trace_flat(fn, (params, *args), 0, has_aux, algorithm.lifts_scans)
+    graph = traced.graph
+    feedforward = graph.feedforward(traced.params, traced.data)
+    new_params, opt_state, stats = algorithm.train(
+        graph,
+        traced.params,
+        traced.data,
+        feedforward,
+        optimizer,
+        opt_state,
+        traced.unflatten_grads,
+        save_energy=save_energy,
+    )
+    info = TrainInfo(
+        loss=feedforward.loss,
+        aux=traced.unflatten_aux(feedforward.aux) if has_aux else None,
+        stats=stats,
+    )
+    return traced.unflatten_grads(new_params), opt_state, info
+
+
+def train_step(
+    fn: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    has_aux: bool = False,
+    algorithm: AbstractAlgorithm | None = None,
+    save_energy: bool = False,
+) -> Callable:
+    """A jit-compiled training step that updates the parameters (the first argument of `fn`)
+    with predictive coding and an optax optimiser.
+
+    For an algorithm that reads a gradient (FPA, IL, Z-IL) the step relaxes, reads the
+    gradient and applies `optimizer` once. Z-IL's layer-timed updates are applied this way
+    too: each parameter reads its error once, at its node's step, and a parameter updated at
+    step `t` only affects predictions read after it, so applying every read in one update is
+    the same as applying each at its step. [`pcgraph.IPC`][] updates the parameters with
+    `optimizer` at every relaxation step.
+
+    **Arguments:**
+
+    - `fn`: a pure JAX function `fn(params, *args)` returning a scalar loss (or `(loss, aux)`).
+    - `optimizer`: an `optax.GradientTransformation`; its state is `optimizer.init(params)`.
+    - `has_aux`: whether `fn` returns `(loss, aux)`.
+    - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`.
+    - `save_energy`: record the energy at every step in `info.stats.energy_trajectory`.
+
+    **Returns:**
+
+    A function `step(params, opt_state, *args) -> (params, opt_state, info)`, with `info` a
+    [`pcgraph.TrainInfo`][]. It raises [`pcgraph.RelaxationError`][] if the relaxation fails
+    (with the algorithm's `throw=True`).
+
+    !!! example
+
+        ```python
+        optimizer = optax.sgd(0.1)
+        step = pcgraph.train_step(loss, optimizer, algorithm=pcgraph.IPC(num_steps=20))
+        opt_state = optimizer.init(params)
+        params, opt_state, info = step(params, opt_state, x, y)
+        ```
+    """
+    algorithm = _check_algorithm(algorithm)
+
+    @functools.wraps(fn)
+    def step(params, opt_state, *args):
+        params, opt_state, info = _train(
+            fn, optimizer, params, opt_state, args, has_aux, algorithm, save_energy
+        )
+        return _checked(info.stats, algorithm, (params, opt_state, info))
+
+    return step

@@ -101,8 +101,10 @@ class _Carry(eqx.Module):
     step: jax.Array
     state: PyTree
     stepper_state: PyTree
+    initial_energy: jax.Array
+    tolerance: jax.Array
     energy: jax.Array
-    force: PyTree
+    residual: jax.Array
     result: RESULTS
     done: jax.Array
     trajectory: jax.Array | None
@@ -124,10 +126,8 @@ def relax(
     Stops after `max_steps` steps, or once the largest force is at most
     `atol + rtol * (largest initial force)` when `rtol` is not None, or on divergence.
     """
-    initial_energy, force = force_fn(state)
-    tolerance = None if rtol is None else atol + rtol * _max_abs(force)
 
-    def status(step, energy, force):
+    def status(step, energy, residual, initial_energy, tolerance):
         """The result and whether to stop, after `step` steps."""
         # The energy sums every node's squared error, so it is the one value to check.
         result = RESULTS.where(jnp.isfinite(energy), RESULTS.successful, RESULTS.nonfinite)
@@ -137,40 +137,64 @@ def relax(
                 (result == RESULTS.successful) & rose, RESULTS.energy_increased, result
             )
         failed = result != RESULTS.successful
-        converged = False if tolerance is None else _max_abs(force) <= tolerance
+        converged = False if rtol is None else residual <= tolerance
         out_of_steps = step >= max_steps
-        if tolerance is not None:
+        if rtol is not None:
             result = RESULTS.where(
                 ~failed & out_of_steps & ~converged, RESULTS.max_steps_reached, result
             )
         return result, failed | converged | out_of_steps
 
-    trajectory = None
-    if save_energy:
-        trajectory = jnp.full((max_steps + 1,), jnp.nan, initial_energy.dtype)
-        trajectory = trajectory.at[0].set(initial_energy)
-    step0 = jnp.zeros((), jnp.int32)
-    result, done = status(step0, initial_energy, force)
-    carry = _Carry(
-        step0, state, stepper.init(state, force_fn), initial_energy, force, result, done, trajectory
-    )
-
+    # Each iteration evaluates the force at the current state, then steps unless that
+    # state ends the relaxation: the force is never carried from one iteration to the next,
+    # and `force_fn` is traced once, in the loop.
     def body(carry: _Carry) -> _Carry:
-        state, stepper_state = stepper.step(force_fn, carry.force, carry.state, carry.stepper_state)
-        energy, force = force_fn(state)
-        step = carry.step + 1
-        result, done = status(step, energy, force)
+        energy, force = force_fn(carry.state)
+        energy, residual = energy.astype(dtype), _max_abs(force).astype(dtype)
+        first = carry.step == 0
+        initial_energy = jnp.where(first, energy, carry.initial_energy)
+        tolerance = carry.tolerance
+        if rtol is not None:
+            tolerance = jnp.where(first, atol + rtol * residual, tolerance)
+        result, done = status(carry.step, energy, residual, initial_energy, tolerance)
         trajectory = carry.trajectory
         if trajectory is not None:
-            trajectory = trajectory.at[step].set(energy)
-        return _Carry(step, state, stepper_state, energy, force, result, done, trajectory)
+            trajectory = trajectory.at[carry.step].set(energy)
+        state, stepper_state = lax.cond(
+            done,
+            lambda: (carry.state, carry.stepper_state),
+            lambda: stepper.step(force_fn, force, carry.state, carry.stepper_state),
+        )
+        step = carry.step + jnp.where(done, 0, 1).astype(carry.step.dtype)
+        return _Carry(
+            step, state, stepper_state, initial_energy, tolerance, energy, residual, result,
+            done, trajectory,
+        )  # fmt: skip
 
+    # Energies and residuals are carried in the state's floating dtype, at least float32
+    # (so that a bfloat16 relaxation still reports its energy precisely).
+    leaves = jax.tree.leaves(state)
+    dtype = jnp.promote_types(jnp.result_type(*leaves) if leaves else jnp.float32, jnp.float32)
+    zero = jnp.zeros((), dtype)
+    trajectory = jnp.full((max_steps + 1,), jnp.nan, dtype) if save_energy else None
+    carry = _Carry(
+        step=jnp.zeros((), jnp.int32),
+        state=state,
+        stepper_state=stepper.init(state, force_fn),
+        initial_energy=zero,
+        tolerance=zero,
+        energy=zero,
+        residual=zero,
+        result=RESULTS.successful,
+        done=jnp.zeros((), bool),
+        trajectory=trajectory,
+    )
     carry = lax.while_loop(lambda c: ~c.done, body, carry)
     stats = RelaxationStats(
         num_steps=carry.step,
-        initial_energy=initial_energy,
+        initial_energy=carry.initial_energy,
         energy=carry.energy,
-        residual=_max_abs(carry.force),
+        residual=carry.residual,
         result=carry.result,
         energy_trajectory=carry.trajectory,
     )
