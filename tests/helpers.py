@@ -230,7 +230,7 @@ def with_aux(key, dtype):
 
 
 def control_flow(key, dtype):
-    """`cond` and a fixed-length `scan` (kept whole as opaque nodes)."""
+    """`cond` (one opaque node) and a fixed-length `scan` (lifted into stacked nodes)."""
     kp, kd = jax.random.split(key)
     k1, k2 = jax.random.split(kp)
     params = {"w": normal(k1, (5, 5), dtype, 0.4), "head": normal(k2, (5, 3), dtype)}
