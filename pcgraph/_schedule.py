@@ -30,6 +30,13 @@ class Level(NamedTuple):
 
 def levels(graph: Graph) -> list[Level]:
     """`levels(graph)[t]` is the level of step `t`, for `t = 0 .. graph.depth`."""
+    if any(info.iterations is not None for info in graph.nodes):
+        raise ValueError(
+            "This graph lifts a lax.scan into stacked nodes, whose slices sit on different "
+            "levels; the level-by-level schedules (pcgraph.ZIL, FPA(schedule='wavefront')) "
+            "need each scan as one node. Trace it with "
+            "`pcgraph.trace(fn, *args, lift_scans=False)`."
+        )
     node_ids = set(graph._node_ids)
     param_index = {var: k for k, var in enumerate(graph._param_ids)}
     out = []

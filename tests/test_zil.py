@@ -352,3 +352,17 @@ def test_cost_bad_algorithms():
     stepper = pcgraph.DiffraxStepper(__import__("diffrax").Tsit5())
     with pytest.raises(ValueError, match="solver-dependent number of times"):
         pcgraph.cost(graph, pcgraph.IL(stepper=stepper))
+
+
+def test_level_schedules_need_opaque_scans():
+    def loss(w, xs):
+        h, _ = jax.lax.scan(lambda h, x: (jnp.tanh(h @ w + x), None), jnp.zeros(2), xs)
+        return jnp.sum(h**2)
+
+    args = (jnp.eye(2) * 0.5, jnp.ones((3, 2)))
+    literal = pcgraph.ZIL(schedule="relaxation")
+    with pytest.raises(ValueError, match="lift_scans=False"):
+        pcgraph.cost(pcgraph.trace(loss, *args), literal)
+    opaque = pcgraph.trace(loss, *args, lift_scans=False)
+    assert opaque.depth == 2  # the scan, then the square
+    assert pcgraph.cost(opaque, literal).steps == 2
