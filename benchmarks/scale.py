@@ -81,6 +81,37 @@ def scan_loss(params, x, labels):
     return cross_entropy(h @ params["head"]["w"] + params["head"]["b"], labels)
 
 
+def handwritten_fpa(params, x, labels):
+    """FPA on `mlp_loss` written directly in JAX, without pcgraph: the feedforward pass, then
+    `depth` Euler steps of size 1 on the layer errors, each step pulling every error back
+    through its layer's transposed Jacobian (`tanh' = 1 - v^2`, from the stored values), then
+    the weight gradients from the errors. A reference for what an FPA relaxation that keeps
+    the values and the errors costs, whoever writes it."""
+    hidden, head = params[:-1], params[-1]
+    values = [x]
+    for layer in hidden:
+        values.append(jnp.tanh(values[-1] @ layer["w"] + layer["b"]))
+    loss_grad, head_grad = jax.grad(
+        lambda h, p: cross_entropy(h @ p["w"] + p["b"], labels), argnums=(0, 1)
+    )(values[-1], head)
+
+    def step(_, errors):
+        # errors[k] is the error of values[k + 1]; the top layer's comes from the loss.
+        pulled = [
+            -(errors[k + 1] * (1 - values[k + 2] ** 2)) @ hidden[k + 1]["w"].T
+            for k in range(len(hidden) - 1)
+        ]
+        pulled.append(loss_grad)
+        return [e - (e + b) for e, b in zip(errors, pulled, strict=True)]
+
+    errors = jax.lax.fori_loop(0, len(hidden), step, [jnp.zeros_like(v) for v in values[1:]])
+    grads = []
+    for below, above, e in zip(values[:-1], values[1:], errors, strict=True):
+        delta = -e * (1 - above**2)
+        grads.append({"w": below.T @ delta, "b": delta.sum(0)})
+    return [*grads, head_grad]
+
+
 def cnn_loss(params, x, labels):
     """3x3 'SAME' convolutions with relu (NHWC, marked), flatten, dense softmax head."""
     h = x
@@ -97,6 +128,8 @@ class Problem(NamedTuple):
     description: str
     loss: Callable
     args: tuple
+    #: The same gradient by FPA written without pcgraph, where there is one.
+    handwritten_fpa: Callable | None = None
 
 
 def labels_for(key, batch, classes=10):
@@ -120,7 +153,11 @@ def mlp_problem(depth, width, batch, *, scanned=False) -> Problem:
             (params, x, labels),
         )
     return Problem(
-        f"mlp-{depth}", f"{shape}; marked layers, unrolled", mlp_loss, ([*hidden, head], x, labels)
+        f"mlp-{depth}",
+        f"{shape}; marked layers, unrolled",
+        mlp_loss,
+        ([*hidden, head], x, labels),
+        handwritten_fpa,
     )
 
 
@@ -180,17 +217,23 @@ def il(steps, **kwargs):
     return pcgraph.IL(max_steps=steps, rtol=None, **kwargs)
 
 
-def memory_methods(loss) -> dict[str, Callable]:
-    return {
+def memory_methods(problem: Problem) -> dict[str, Callable]:
+    loss = problem.loss
+    methods = {
         "jax.grad": jax.grad(loss),
         "FPA": pcgraph.grad(loss, algorithm=pcgraph.FPA()),
         "FPA (throw=False)": pcgraph.grad(loss, algorithm=pcgraph.FPA(throw=False)),
+        "FPA, wavefront schedule": pcgraph.grad(loss, algorithm=pcgraph.FPA(schedule="wavefront")),
+        "Z-IL": pcgraph.grad(loss, algorithm=pcgraph.ZIL()),
         "IL, 100 steps": pcgraph.grad(loss, algorithm=il(100)),
         "IL, 100 steps (throw=False)": pcgraph.grad(loss, algorithm=il(100, throw=False)),
         "IL, 10 steps": pcgraph.grad(loss, algorithm=il(10)),
         "IL, 1000 steps": pcgraph.grad(loss, algorithm=il(1000)),
         "IL, 1000 steps, save_energy": relax_fn(loss, il(1000), save_energy=True),
     }
+    if problem.handwritten_fpa is not None:
+        methods["FPA by hand, without pcgraph"] = problem.handwritten_fpa
+    return methods
 
 
 def fmt_bytes(n: int) -> str:
@@ -204,9 +247,7 @@ def memory_table(problems: list[Problem]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for problem in problems:
-        results = {
-            name: memory(fn, problem.args) for name, fn in memory_methods(problem.loss).items()
-        }
+        results = {name: memory(fn, problem.args) for name, fn in memory_methods(problem).items()}
         reference = results["jax.grad"].peak
         for name, m in results.items():
             ratio = m.peak / reference
@@ -287,6 +328,10 @@ def compile_methods(loss) -> dict[str, Callable[[], Callable]]:
     return {
         "jax.grad": lambda: jax.grad(fresh()),
         "FPA": lambda: pcgraph.grad(fresh(), algorithm=pcgraph.FPA()),
+        "FPA, wavefront schedule": lambda: pcgraph.grad(
+            fresh(), algorithm=pcgraph.FPA(schedule="wavefront")
+        ),
+        "Z-IL": lambda: pcgraph.grad(fresh(), algorithm=pcgraph.ZIL()),
         "IL": lambda: pcgraph.grad(fresh(), algorithm=il(100)),
     }
 

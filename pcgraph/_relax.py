@@ -45,7 +45,8 @@ class RelaxationStats(eqx.Module):
 
     - `num_steps`: steps taken.
     - `initial_energy`, `energy`: the energy before the first and after the last step.
-    - `residual`: the largest absolute force `|dF/dstate|` after the last step.
+    - `residual`: the largest absolute force `|dF/dstate|` after the last step; computed only
+        when the relaxation stops on a tolerance (`rtol` set), and NaN with `rtol=None`.
     - `result`: a [`pcgraph.RESULTS`][] item; `RESULTS.successful` unless it failed.
     - `energy_trajectory`: with `save_energy=True`, the energy before each step and after the
         last (length `max_steps + 1`, NaN past `num_steps`); otherwise None.
@@ -145,12 +146,15 @@ def relax(
             )
         return result, failed | converged | out_of_steps
 
-    # Each iteration evaluates the force at the current state, then steps unless that
-    # state ends the relaxation: the force is never carried from one iteration to the next,
-    # and `force_fn` is traced once, in the loop.
+    # Each iteration evaluates the force at the current state, then steps unless that state
+    # ends the relaxation (the last iteration only evaluates): the force is never carried from
+    # one iteration to the next, and `force_fn` is traced once, in the loop.
     def body(carry: _Carry) -> _Carry:
         energy, force = force_fn(carry.state)
-        energy, residual = energy.astype(dtype), _max_abs(force).astype(dtype)
+        energy = energy.astype(dtype)
+        # The residual takes one reduction per node in the compiled loop; only a tolerance
+        # needs it.
+        residual = carry.residual if rtol is None else _max_abs(force).astype(dtype)
         first = carry.step == 0
         initial_energy = jnp.where(first, energy, carry.initial_energy)
         tolerance = carry.tolerance
@@ -160,10 +164,12 @@ def relax(
         trajectory = carry.trajectory
         if trajectory is not None:
             trajectory = trajectory.at[carry.step].set(energy)
-        state, stepper_state = lax.cond(
-            done,
-            lambda: (carry.state, carry.stepper_state),
-            lambda: stepper.step(force_fn, force, carry.state, carry.stepper_state),
+        # The step is taken and then discarded once `done`: selecting with `where` (rather than
+        # a `cond`) lets XLA update each node's state in place, which saves a copy of every
+        # node per step in deep graphs.
+        stepped = stepper.step(force_fn, force, carry.state, carry.stepper_state)
+        state, stepper_state = jax.tree.map(
+            lambda old, new: jnp.where(done, old, new), (carry.state, carry.stepper_state), stepped
         )
         step = carry.step + jnp.where(done, 0, 1).astype(carry.step.dtype)
         return _Carry(
@@ -176,6 +182,7 @@ def relax(
     leaves = jax.tree.leaves(state)
     dtype = jnp.promote_types(jnp.result_type(*leaves) if leaves else jnp.float32, jnp.float32)
     zero = jnp.zeros((), dtype)
+    nan = jnp.full((), jnp.nan, dtype)
     trajectory = jnp.full((max_steps + 1,), jnp.nan, dtype) if save_energy else None
     carry = _Carry(
         step=jnp.zeros((), jnp.int32),
@@ -184,7 +191,7 @@ def relax(
         initial_energy=zero,
         tolerance=zero,
         energy=zero,
-        residual=zero,
+        residual=zero if rtol is not None else nan,
         result=RESULTS.successful,
         done=jnp.zeros((), bool),
         trajectory=trajectory,

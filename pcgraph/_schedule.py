@@ -120,18 +120,22 @@ def wavefront(graph: Graph, params, data, feedforward) -> Wavefront:
     values = feedforward.values
     pulled: list[Any] = [None] * len(values)
     grads: list[Any] = [None] * len(params)
-    energy = feedforward.loss
-    energies = []
+    # Each level's share of the energy; their running sum is the energy after each level (a
+    # cumulative sum, since summing all earlier terms anew at each level grows the program
+    # quadratically with depth).
+    increments = []
     for level in levels(graph):
         if level.step == 0:
             cotangents = [jnp.ones_like(feedforward.loss)]
+            increments.append(feedforward.loss)
         else:
             cotangents = [_zeros_if_none(pulled[k], values[k]) for k in level.nodes]
-            energy = energy + sum(
-                jnp.sum(c**2) / (2 * precisions[k])
-                for k, c in zip(level.nodes, cotangents, strict=True)
+            increments.append(
+                sum(
+                    jnp.sum(c**2) / (2 * precisions[k])
+                    for k, c in zip(level.nodes, cotangents, strict=True)
+                )
             )
-        energies.append(energy)
 
         def local(parent_values, level_params, level=level):
             return predict_level(
@@ -148,7 +152,9 @@ def wavefront(graph: Graph, params, data, feedforward) -> Wavefront:
             grads[k] = g if grads[k] is None else grads[k] + g
     errors = [-_zeros_if_none(b, v) / p for b, v, p in zip(pulled, values, precisions, strict=True)]
     grads = [_zeros_if_none(g, p) for g, p in zip(grads, params, strict=True)]
-    return Wavefront(grads, errors, jnp.stack(energies))
+    dtype = jnp.result_type(*increments)
+    energies = jnp.cumsum(jnp.stack([jnp.asarray(i, dtype) for i in increments]))
+    return Wavefront(grads, errors, energies)
 
 
 def _zeros_if_none(x, like):

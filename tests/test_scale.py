@@ -100,6 +100,36 @@ def _reachable(name: str, computations: dict[str, str]) -> set[str]:
     return seen
 
 
+@pytest.mark.parametrize("algorithm", [pcgraph.IL(), pcgraph.FPA()])
+def test_layers_built_alike_are_traced_once(monkeypatch, algorithm):
+    """The prediction pass evaluates alike layers through one shared program, so JAX traces,
+    linearises and transposes each kind of layer once, whatever the depth."""
+    from pcgraph import _graph
+
+    def deep(depth):
+        keys = jax.random.split(jax.random.PRNGKey(1), depth + 1)
+        layers = [{"w": jax.random.normal(k, (8, 8)), "b": jnp.zeros(8)} for k in keys]
+        return layers, jnp.ones((4, 8)), jnp.ones((4, 8))
+
+    def segment_traces(depth) -> int:
+        calls = []
+
+        def counted(*args):
+            calls.append(None)
+            return run(*args)
+
+        jax.clear_caches()
+        _graph._segment_program.cache_clear()
+        monkeypatch.setattr(_graph, "_run_segment", counted)
+        jax.make_jaxpr(pcgraph.grad(loss, algorithm=algorithm))(*deep(depth))
+        monkeypatch.setattr(_graph, "_run_segment", run)
+        return len(calls)
+
+    run = _graph._run_segment
+    shallow, deeper = segment_traces(3), segment_traces(24)
+    assert 0 < shallow == deeper
+
+
 @pytest.mark.parametrize("algorithm", [pcgraph.IL(rtol=1e-3), pcgraph.FPA()])
 def test_no_host_round_trip_inside_the_relaxation_loop(problem, algorithm):
     hlo = jax.jit(pcgraph.grad(loss, algorithm=algorithm)).lower(*problem).compile().as_text()
@@ -130,7 +160,7 @@ def test_scale_benchmark_quick_run():
         for line in run.stdout.splitlines()
         if line.startswith("| mlp") or line.startswith("| cnn")
     ]
-    # Memory: 8 gradients for each of 2 models; donation: 2 steps, donated or not; compile
-    # time: 3 gradients for each of 2 networks.
-    assert len(rows) == 2 * 8 + 2 * 2 + 2 * 3
+    # Memory: 10 gradients for each of 2 models and FPA by hand for the MLP; donation: 2
+    # steps, donated or not; compile time: 5 gradients for each of 2 networks.
+    assert len(rows) == 2 * 10 + 1 + 2 * 2 + 2 * 5
     assert all(re.search(r"\| \d+\.\d\d \|", row) for row in rows)
