@@ -494,4 +494,4 @@ def _energy(precisions, errors) -> jax.Array:
     # One sum over a stack of per-node terms: a chain of scalar additions, one per node,
     # compiles far more slowly in deep graphs.
     terms = [jnp.sum(e**2) * (p / 2) for p, e in zip(precisions, errors, strict=True)]
-    return jnp.sum(jnp.stack(terms)) if terms else jnp.zeros(())
+    return jnp.sum(jnp.stack(terms)) if terms else jnp.asarray(0.0)

@@ -126,7 +126,7 @@ def test_layers_built_alike_are_traced_once(monkeypatch, algorithm):
         return len(calls)
 
     run = _graph._run_segment
-    shallow, deeper = segment_traces(3), segment_traces(24)
+    shallow, deeper = segment_traces(3), segment_traces(12)
     assert 0 < shallow == deeper
 
 
