@@ -193,8 +193,9 @@ class Memory(NamedTuple):
         return self.argument + self.output + self.temp - self.alias
 
 
-def memory(fn: Callable, args: tuple) -> Memory:
-    analysis = jax.jit(fn).lower(*args).compile().memory_analysis()
+def memory_of(compiled) -> Memory:
+    """The buffer sizes XLA assigned to a compiled program."""
+    analysis = compiled.memory_analysis()
     if analysis is None:
         sys.exit(f"the {jax.default_backend()} backend does not report memory_analysis()")
     return Memory(
@@ -203,6 +204,10 @@ def memory(fn: Callable, args: tuple) -> Memory:
         analysis.temp_size_in_bytes,
         analysis.alias_size_in_bytes,
     )
+
+
+def memory(fn: Callable, args: tuple) -> Memory:
+    return memory_of(jax.jit(fn).lower(*args).compile())
 
 
 def relax_fn(loss, algorithm, save_energy):
@@ -242,6 +247,13 @@ def memory_methods(problem: Problem) -> dict[str, Callable]:
     return methods
 
 
+def ratio_cells(name: str, ratio: float, goal: float) -> str:
+    """The ratio, goal and met? cells of a row (`jax.grad`, the reference, has no goal)."""
+    if name == "jax.grad":
+        return f"{ratio:.2f} |  | "
+    return f"{ratio:.2f} | <= {goal:g} | {'yes' if ratio <= goal else 'no'}"
+
+
 def fmt_bytes(n: int) -> str:
     return f"{n / 2**20:.2f}"
 
@@ -256,12 +268,10 @@ def memory_table(problems: list[Problem]) -> list[str]:
         results = {name: memory(fn, problem.args) for name, fn in memory_methods(problem).items()}
         reference = results["jax.grad"].peak
         for name, m in results.items():
-            ratio = m.peak / reference
-            goal = "" if name == "jax.grad" else f"<= {MEMORY_GOAL:g}"
-            met = "" if name == "jax.grad" else ("yes" if ratio <= MEMORY_GOAL else "no")
             lines.append(
                 f"| {problem.name} | {name} | {fmt_bytes(m.argument)} | {fmt_bytes(m.output)} | "
-                f"{fmt_bytes(m.temp)} | {fmt_bytes(m.peak)} | {ratio:.2f} | {goal} | {met} |"
+                f"{fmt_bytes(m.temp)} | {fmt_bytes(m.peak)} | "
+                f"{ratio_cells(name, m.peak / reference, MEMORY_GOAL)} |"
             )
         print(f"  measured {problem.name}", file=sys.stderr)
     return lines
@@ -279,13 +289,7 @@ def train_step_memory(problem: Problem, donate: bool, grad_fn: Callable) -> Memo
 
     donated = (0, 1) if donate else ()
     lowered = jax.jit(step, donate_argnums=donated).lower(params, optimizer.init(params), *data)
-    analysis = lowered.compile().memory_analysis()
-    return Memory(
-        analysis.argument_size_in_bytes,
-        analysis.output_size_in_bytes,
-        analysis.temp_size_in_bytes,
-        analysis.alias_size_in_bytes,
-    )
+    return memory_of(lowered.compile())
 
 
 def donation_table(problem: Problem) -> list[str]:
@@ -356,12 +360,9 @@ def compile_table(problems: list[Problem], repeats: int) -> list[str]:
                 best[name] = min(best[name], t, key=lambda c: c.total)
         reference = best["jax.grad"].total
         for name, t in best.items():
-            ratio = t.total / reference
-            goal = "" if name == "jax.grad" else f"<= {COMPILE_GOAL:g}"
-            met = "" if name == "jax.grad" else ("yes" if ratio <= COMPILE_GOAL else "no")
             lines.append(
                 f"| {problem.name} | {name} | {t.trace:.2f} | {t.compile:.2f} | {t.total:.2f} | "
-                f"{ratio:.2f} | {goal} | {met} |"
+                f"{ratio_cells(name, t.total / reference, COMPILE_GOAL)} |"
             )
         print(f"  timed {problem.name}", file=sys.stderr)
     return lines
