@@ -8,7 +8,7 @@ parameter pytree, and renders it as Python source. The source is what runs (it i
 and it is what a failing example prints, so every failure is a self-contained reproduction.
 
 The number of examples is read from the environment: `PCGRAPH_HYPOTHESIS_EXAMPLES` (default
-300) for the main property, a sixth of it (at least 10) for the others. Examples are drawn
+200) for the main property, a sixth of it (at least 10) for the others. Examples are drawn
 deterministically (`derandomize=True`); set `PCGRAPH_HYPOTHESIS_RANDOM=1` to draw fresh ones.
 """
 
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, note, settings, strategies as
 
 import pcgraph
 
-NUM_EXAMPLES = int(os.environ.get("PCGRAPH_HYPOTHESIS_EXAMPLES", "300"))
+NUM_EXAMPLES = int(os.environ.get("PCGRAPH_HYPOTHESIS_EXAMPLES", "200"))
 NUM_SECONDARY_EXAMPLES = max(10, NUM_EXAMPLES // 6)
 RANDOM = os.environ.get("PCGRAPH_HYPOTHESIS_RANDOM", "") not in ("", "0")
 
