@@ -82,8 +82,7 @@ def make_evaluate(model, algorithm):
         accuracy = jnp.mean(jnp.argmax(solution.state[-1], axis=-1) == labels)
         # The force the free phase stopped at (the relaxation computes it only with a tolerance).
         _, force = model.force(solution.state, params, x, targets, 0.0)
-        residual = jnp.max(jnp.stack([jnp.max(jnp.abs(f)) for f in jax.tree.leaves(force)]))
-        return accuracy, residual
+        return accuracy, optax.tree_utils.tree_norm(force, ord=jnp.inf)
 
     return evaluate
 
