@@ -9,10 +9,10 @@ Two parts:
    `jax.grad(loss)` call. For contrast, FPA's step-by-step relaxation (`graph.depth` Euler
    steps of 1, exact too) and `pcgraph.cost`'s count of local evaluations relative to
    backprop. Goal: the wavefront <= 1.5x `jax.grad` at every depth.
-2. **Steps.** Seed 000's lemma says an error needs at least `depth` steps to reach the first
-   layer. For MLPs of depth 4, 8 and 16, the cosine between the PC gradient and `jax.grad`'s
-   after `k` relaxation steps, for IL, FPA and Z-IL (the relaxation itself) at several step
-   sizes: a table of the first sampled `k` where the cosine reaches 0.9999, and a plot of
+2. **Steps.** The lemma of Zahid, Guo & Fountas (2023) says an error needs at least `depth` steps to
+   reach the first layer. For MLPs of depth 4, 8 and 16, the cosine between the PC gradient and
+   `jax.grad`'s after `k` relaxation steps, for IL, FPA and Z-IL (the relaxation itself) at several
+   step sizes: a table of the first sampled `k` where the cosine reaches 0.9999, and a plot of
    cosine against `k / depth` (`--plot PATH`).
 
 Run `python benchmarks/exact_cost.py --help`. It runs unchanged on a GPU.

@@ -1,7 +1,7 @@
 """Train 8-, 32- and 128-layer ReLU residual networks on digits with predictive coding (IL),
 in the muPC and the standard parameterisation.
 
-The networks are `pcgraph.nn.ResidualMLP`s (width 128, no biases, seed 001 / DESIGN §1):
+The networks are `pcgraph.nn.ResidualMLP`s (width 128, no biases, as in Innocenti et al. 2025):
 
     z_1 = a_1 W_1 x,   z_l = z_{l-1} + a_l W_l relu(z_{l-1}),   y = a_L W_L relu(z_{L-1}),
 
@@ -10,8 +10,8 @@ W ~ N(0, 1/fan_in) and a = 1. Every hidden state z_l is a pcgraph value node, so
 the layered PC network with energy sum_l 1/2 ||z_l - mu_l||^2 + beta * loss, the loss being
 the batch mean of 1/2 ||y - onehot||^2.
 
-Settings (those of seed 001's reference): batch 64, T = number of hidden layers Euler steps of
-0.5 on the batch-mean energy, Adam 0.1 on the weights. The batch-mean energy of other PC
+Settings (those of Innocenti et al. 2025's reference): batch 64, T = number of hidden layers Euler
+steps of 0.5 on the batch-mean energy, Adam 0.1 on the weights. The batch-mean energy of other PC
 libraries, (1/B) sum_i [sum_l 1/2 ||eps_il||^2 + 1/2 ||y_i - out_i||^2], is 1/B times pcgraph's
 energy with beta = B and a batch-mean loss, so the same dynamics are
 `pcgraph.IL(beta=B, stepper=pcgraph.Euler(0.5 / B), max_steps=T)`, and IL's gradient (divided

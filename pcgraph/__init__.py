@@ -25,6 +25,7 @@ from ._eqprop import (
 )
 from ._filter import filter_grad as filter_grad, filter_value_and_grad as filter_value_and_grad
 from ._grad import (
+    NonFiniteError as NonFiniteError,
     Solution as Solution,
     TrainInfo as TrainInfo,
     grad as grad,
@@ -34,6 +35,12 @@ from ._grad import (
 )
 from ._graph import Graph as Graph, NodeInfo as NodeInfo, trace as trace
 from ._node import node as node
+from ._placement import (
+    AbstractPlacement as AbstractPlacement,
+    Layers as Layers,
+    Marks as Marks,
+    Primitives as Primitives,
+)
 from ._relax import (
     RESULTS as RESULTS,
     RelaxationError as RelaxationError,
@@ -43,6 +50,7 @@ from ._steppers import (
     AbstractStepper as AbstractStepper,
     DiffraxStepper as DiffraxStepper,
     Euler as Euler,
+    Momentum as Momentum,
     OptaxStepper as OptaxStepper,
 )
 
@@ -67,12 +75,18 @@ __all__ = [
     "train_step",
     "RESULTS",
     "AbstractAlgorithm",
+    "AbstractPlacement",
+    "Layers",
+    "Marks",
+    "Primitives",
     "AbstractStepper",
     "DiffraxStepper",
     "Euler",
+    "Momentum",
     "GradReport",
     "Graph",
     "LeafComparison",
+    "NonFiniteError",
     "NodeInfo",
     "OptaxStepper",
     "RelaxationError",

@@ -13,7 +13,7 @@ import optax
 from ._graph import Feedforward, Graph
 from ._relax import RESULTS, RelaxationStats, _max_abs, relax
 from ._schedule import delays, levels, predict_level, wavefront
-from ._steppers import AbstractStepper, Euler
+from ._steppers import AbstractStepper, Euler, Momentum
 
 
 class Equilibrium(NamedTuple):
@@ -80,16 +80,23 @@ class IL(AbstractAlgorithm):
     the errors of the nodes that use it and divided by `beta`. Approximate: the error against
     `jax.grad` is O(beta) and vanishes as `beta -> 0`.
 
-    The defaults run 100 Euler steps of 0.1, the common setting of layered PC networks (mark
-    the layer outputs with [`pcgraph.node`][]). Without marks every primitive is a node, the
-    graph is deeper and stiffer (a sum over many elements has a large Jacobian), and Euler
-    needs a smaller step and more steps: watch `Solution.stats`, or set `rtol` to relax to a
-    tolerance.
+    The defaults take 100 heavy-ball momentum steps of 0.1 ([`pcgraph.Momentum`][]) from
+    the feedforward pass. On the layered graphs that pcgraph builds for unchanged models (see
+    [`pcgraph.Layers`][]) that reaches the equilibrium (the largest force below a thousandth of
+    its initial value) where plain Euler steps would need several hundred. With ReLU or
+    max-pooling the energy has kinks where a force tolerance cannot be met (the activities
+    settle into a narrow band around the kink), so the defaults take a fixed number of steps;
+    set `rtol` to relax to a tolerance instead, raising [`pcgraph.RelaxationError`][] when it
+    is missed. For the fixed-budget inference of other PC libraries (T Euler steps from the
+    feedforward pass) pass `IL(stepper=pcgraph.Euler(0.1), max_steps=T)`. On the finer
+    [`pcgraph.Primitives`][] graph the energy is stiffer (a sum over many elements has a
+    large Jacobian) and needs smaller steps.
 
     **Arguments:**
 
     - `beta`: the output weight (nudging strength).
-    - `stepper`: how the activities move: [`pcgraph.Euler`][] or [`pcgraph.OptaxStepper`][].
+    - `stepper`: how the activities move: [`pcgraph.Momentum`][], [`pcgraph.Euler`][],
+        [`pcgraph.OptaxStepper`][] or [`pcgraph.DiffraxStepper`][].
     - `max_steps`: the most relaxation steps.
     - `rtol`, `atol`: stop once the largest force `|dF/dv|` is at most
         `atol + rtol * (largest initial force)`; `rtol=None` always runs `max_steps` steps.
@@ -100,7 +107,7 @@ class IL(AbstractAlgorithm):
     """
 
     beta: float = 1.0
-    stepper: AbstractStepper = Euler(0.1)
+    stepper: AbstractStepper = Momentum(0.1, 0.8)
     max_steps: int = 100
     rtol: float | None = None
     atol: float = 0.0
@@ -167,25 +174,34 @@ def _check_schedule(owner: str, schedule):
     if schedule not in ("relaxation", "wavefront"):
         raise ValueError(
             f"{owner}(schedule={schedule!r}): the schedule is 'relaxation' (every node relaxes "
-            "at every step) or 'wavefront' (each node's local VJP evaluated once, when its "
-            "error is final)."
+            "at every step) or 'wavefront' (backprop's schedule over the value nodes: each "
+            "node's local VJP evaluated once, when its error is final)."
         )
 
 
-def _wavefront_equilibrium(graph, params, data, feedforward, save_energy) -> Equilibrium:
-    """The exact schedule as an equilibrium: FPA with `Euler(1.0)` after `graph.depth` steps,
-    with each node's local VJP evaluated once instead of at every step."""
+def _wavefront_equilibrium(graph, params, data, feedforward) -> Equilibrium:
+    """FPA's errors after `graph.depth` Euler steps of 1, on backprop's schedule over the value
+    nodes: each node's local VJP evaluated once, when its error is final. It takes no
+    relaxation step, so the statistics hold no steps, no residual (NaN) and no trajectory;
+    the energies are FPA's at the feedforward pass (every error zero: the loss) and at the
+    final errors."""
     front = wavefront(graph, params, data, feedforward)
-    # Each error is set to -b_i/p_i from its complete pulled-back sum b_i, which is exactly
-    # where FPA's force -(eps_i + b_i/p_i) vanishes.
-    residual = jnp.zeros((), front.energies.dtype)
-    stats = _fixed_steps_stats(front.energies, residual, save_energy)
+    dtype = jnp.promote_types(jnp.result_type(feedforward.loss), jnp.float32)
+    errors = [e.astype(dtype) for e in front.errors]
+    energy = feedforward.loss.astype(dtype) + _energy(graph.precisions(), errors)
+    stats = RelaxationStats(
+        num_steps=jnp.zeros((), jnp.int32),
+        initial_energy=feedforward.loss.astype(dtype),
+        energy=energy,
+        residual=jnp.full((), jnp.nan, dtype),
+        result=RESULTS.where(jnp.isfinite(energy), RESULTS.successful, RESULTS.nonfinite),
+    )
     values = [v + e for v, e in zip(feedforward.values, front.errors, strict=True)]
     return Equilibrium(front.grads, values, front.errors, stats)
 
 
 class FPA(AbstractAlgorithm):
-    """Predictive coding under the fixed-prediction assumption (Millidge et al.).
+    """Predictive coding under the fixed-prediction assumption (Millidge et al. 2022).
 
     Predictions, their Jacobians and the loss gradient are frozen at the feedforward pass, so
     the error dynamics are linear: `d eps_i/dt = -(p_i eps_i - sum_j J_ji^T p_j eps_j
@@ -201,10 +217,16 @@ class FPA(AbstractAlgorithm):
     - `rtol`, `atol`: stop once the largest force is at most
         `atol + rtol * (largest initial force)`; `rtol=None` runs `max_steps` steps.
     - `schedule`: `"relaxation"` pulls every error back through every node at every step;
-        `"wavefront"` gives the same result (`Euler(1.0)`, `graph.depth` steps) evaluating each
-        node's local VJP once, at the step its error becomes final, as backprop does. The
-        wavefront takes no `stepper`, `max_steps` or tolerance.
+        `"wavefront"` is backprop's schedule over the value nodes: each node's local VJP
+        evaluated once, when its error is final, which sets the errors `Euler(1.0)` reaches
+        after `graph.depth` steps without taking a step. The wavefront takes no `stepper`,
+        `max_steps` or tolerance.
     - `throw`: raise on NaN/Inf or on missing the tolerance.
+
+    The wavefront's `Solution.stats` hold only what it computes: `num_steps` is 0,
+    `residual` is NaN and `energy_trajectory` is None (even with `save_energy=True`);
+    `initial_energy` is the loss (the energy at the feedforward pass, where every error is
+    zero) and `energy` is `loss + sum_i p_i/2 ||eps_i||^2` at the final errors.
     """
 
     stepper: AbstractStepper = Euler(1.0)
@@ -231,7 +253,7 @@ class FPA(AbstractAlgorithm):
 
     def solve(self, graph, params, data, feedforward, *, save_energy):
         if self.schedule == "wavefront":
-            return _wavefront_equilibrium(graph, params, data, feedforward, save_energy)
+            return _wavefront_equilibrium(graph, params, data, feedforward)
         precisions = graph.precisions()
         (_, loss), vjp_fn = jax.vjp(
             lambda v, p: graph.predict(v, p, data, feedforward.frozen),
@@ -269,26 +291,44 @@ class ZIL(AbstractAlgorithm):
     is then exactly backprop's at step `t`, before anything it depends on has moved.
 
     On a graph whose paths to the loss have unequal lengths (skip connections, branches) errors
-    do not arrive in lock-step, so pcgraph equalises the paths as Salvatori et al. do: node `i`
-    is timed by its *longest* path to the loss (`NodeInfo.final_step`), and a consumer `c` that
-    is closer to the loss than `final_step_i - 1` reads `i` through a chain of
+    do not arrive in lock-step, so pcgraph equalises the paths as Salvatori et al. (2022) do:
+    node `i` is timed by its *longest* path to the loss (`NodeInfo.final_step`), and a consumer
+    `c` that is closer to the loss than `final_step_i - 1` reads `i` through a chain of
     `final_step_i - final_step_c - 1` identity nodes (delays, each with `i`'s precision). The
     equalised graph is layered, and Z-IL on it is exact on any DAG. Steps are preconditioned by
     the node precisions (a step of `step_size / p_i` on node `i`), which makes the result
     exact for any precisions.
 
+    In the relaxation a node's value matters to the reads only until its own read, and to
+    its consumers only until theirs. So once read a node stops moving and its consumers keep
+    the value they read, and from the feedforward init a node starts moving only when the
+    error wavefront reaches it (until then its force is zero but for round-off). No read
+    changes, and no node relaxes on past its read, where steps of 1 diverge wherever the
+    energy's curvature exceeds 2, as at a node summed into many elements, common in graphs
+    without marks. The relaxation holds values and reads each error as a value minus its
+    prediction, which keeps only the value's precision, so it refuses float16 and bfloat16.
+
     **Arguments:**
 
-    - `schedule`: `"wavefront"` (the default) computes Z-IL's update with each node's local
-        VJP evaluated once, at the step its error is final (see `pcgraph.FPA`'s schedule);
+    - `schedule`: `"wavefront"` (the default) is backprop's schedule over the value nodes:
+        each node's local VJP evaluated once, when its error is final (as
+        `pcgraph.FPA(schedule="wavefront")`), which computes Z-IL's update without relaxing.
         `"relaxation"` runs Z-IL itself: IL relaxation on the equalised graph with every
         prediction re-evaluated at every step, and the timed parameter reads.
     - `step_size`, `timed_updates`, `init`, `max_steps`, `seed`: only with
         `schedule="relaxation"`, to break Song et al.'s conditions for ablations:
         `step_size` other than 1; `timed_updates=False` reads every parameter at the last
-        step; `init="random"` starts the values (and delays) at standard normal noise drawn
-        from `seed`; `max_steps` (default `graph.depth`) stops early or runs on.
+        step (and no node stops before it); `init="random"` starts the values (and delays) at
+        standard normal noise drawn from `seed`; `max_steps` (default `graph.depth`) stops
+        early or runs on.
     - `throw`: raise if the energy becomes NaN/Inf.
+
+    `Solution.stats` of the relaxation hold its steps and its energies (with
+    `save_energy=True`, before each step and after the last), and a NaN residual: it stops on
+    no tolerance. The wavefront takes no step and reports as `FPA(schedule="wavefront")`
+    does: `num_steps` 0, `residual` NaN, `energy_trajectory` None, `initial_energy` the loss
+    and `energy` `loss + sum_i p_i/2 ||eps_i||^2` at the final errors. Under Song et al.'s
+    conditions both schedules end with `Solution.errors` the errors the parameters read.
     """
 
     schedule: Schedule = "wavefront"
@@ -331,11 +371,22 @@ class ZIL(AbstractAlgorithm):
 
     def solve(self, graph, params, data, feedforward, *, save_energy):
         if self.schedule == "wavefront":
-            return _wavefront_equilibrium(graph, params, data, feedforward, save_energy)
+            return _wavefront_equilibrium(graph, params, data, feedforward)
         return _zil_relaxation(self, graph, params, data, feedforward, save_energy)
 
 
 def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> Equilibrium:
+    coarse = {info.dtype for info in graph.nodes if jnp.finfo(info.dtype).bits < 32}
+    if coarse:
+        dtype = max(coarse, key=lambda d: jnp.finfo(d).eps)
+        raise ValueError(
+            f"ZIL(schedule='relaxation') cannot relax {dtype} node values: it holds each "
+            "node's value and reads the node's error as that value minus its prediction, so "
+            f"an error under {float(jnp.finfo(dtype).eps):.0e} times its value is rounded "
+            "away and the gradients are off by percents. Use pcgraph.ZIL() (the wavefront "
+            "schedule) or pcgraph.FPA(), which hold the errors themselves, or relax in "
+            "float32 or float64."
+        )
     cut = levels(graph)
     final = [info.final_step for info in graph.nodes]
     precisions = graph.precisions()
@@ -350,15 +401,29 @@ def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> 
             treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)]
         )
     num_steps = graph.depth if zil.max_steps is None else zil.max_steps
+    # Entry d of node k is on level l = final_k - d; its parameters read it at step l and its
+    # consumers at step l - 1 (untimed: all at the last step). Its error at step l depends on
+    # values up to step l only, so an entry stops once read (`state`) and its consumers keep
+    # the value they read (`seen`): no read changes, and no read entry relaxes on, which
+    # with steps of 1 diverges wherever the energy's curvature exceeds 2 (a node summed into
+    # many elements), or has its prediction evaluated at parents moved out of its domain (a
+    # negative variance under a square root). From the feedforward init an entry's force is
+    # zero in exact arithmetic until the wavefront arrives at step l - 1; before, it is
+    # round-off, which steps of 1 amplify in the same places, so the entry waits.
+    on_level = [list(range(f, f - n - 1, -1)) for f, n in zip(final, num_delays, strict=True)]
+    first = jax.tree.map(lambda t: t - 1 if zil.init == "feedforward" else 0, on_level)
 
-    def predictions(state, params):
-        mus = [[None] + entries[:-1] for entries in state]
+    def last(lag):
+        return jax.tree.map(lambda t: t - lag if zil.timed_updates else num_steps, on_level)
+
+    def predictions(seen, params):
+        mus = [[None] + entries[:-1] for entries in seen]
         loss = None
         for level in cut:
             outs = predict_level(
                 graph,
                 level,
-                [state[k][final[k] - level.step - 1] for k in level.parents],
+                [seen[k][final[k] - level.step - 1] for k in level.parents],
                 [params[k] for k in level.params],
                 params,
                 data,
@@ -371,9 +436,9 @@ def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> 
                     mus[k][0] = mu
         return mus, loss
 
-    def evaluate(state, step):
+    def evaluate(state, seen, step):
         """Energy, force and the parameter gradients read at `step`."""
-        (mus, loss), vjp_fn = jax.vjp(predictions, state, params)
+        (mus, loss), vjp_fn = jax.vjp(predictions, seen, params)
         errors = jax.tree.map(jnp.subtract, state, mus)
         weighted = [[p * e for e in entries] for p, entries in zip(precisions, errors, strict=True)]
         energy = loss + sum(
@@ -395,19 +460,29 @@ def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> 
         return energy, force, grads, errors
 
     def body(step, carry):
-        state, grads, energies = carry
-        energy, force, step_grads, _ = evaluate(state, step)
-        state = jax.tree.map(lambda s, f: s + zil.step_size * f, state, force)
+        state, seen, grads, energies = carry
+        energy, force, step_grads, _ = evaluate(state, seen, step)
+
+        def move(values, stop):
+            def entry(v, f, a, b):
+                if a >= b:
+                    return v
+                return jnp.where((a <= step) & (step < b), v + zil.step_size * f, v)
+
+            return jax.tree.map(entry, values, force, first, stop)
+
         grads = jax.tree.map(jnp.add, grads, step_grads)
-        return state, grads, energies.at[step].set(energy)
+        return move(state, last(0)), move(seen, last(1)), grads, energies.at[step].set(energy)
 
     energies = jnp.zeros((num_steps + 1,), feedforward.loss.dtype)
     grads = [jnp.zeros_like(p) for p in params]
-    state, grads, energies = jax.lax.fori_loop(0, num_steps, body, (state, grads, energies))
-    energy, force, step_grads, errors = evaluate(state, num_steps)
+    carry = (state, state, grads, energies)
+    state, seen, grads, energies = jax.lax.fori_loop(0, num_steps, body, carry)
+    energy, _, step_grads, errors = evaluate(state, seen, num_steps)
     grads = jax.tree.map(jnp.add, grads, step_grads)
     energies = energies.at[num_steps].set(energy)
-    stats = _fixed_steps_stats(energies, _max_abs(force), save_energy)
+    # No tolerance to stop on, so the force is not reduced to a residual.
+    stats = _fixed_steps_stats(energies, jnp.full((), jnp.nan, energies.dtype), save_energy)
     values = [entries[0] for entries in state]
     return Equilibrium(grads, values, [entries[0] for entries in errors], stats)
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from ._algorithms import AbstractAlgorithm
 from ._grad import grad
+from ._placement import AbstractPlacement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,17 +107,22 @@ def check_grad(
     argnums=0,
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
+    placement: AbstractPlacement | None = None,
+    **kwargs,
 ) -> GradReport:
-    """Compare `pcgraph.grad(fn, argnums, algorithm=algorithm)(*args)` with `jax.grad`, leaf by
-    leaf.
+    """Compare `pcgraph.grad(fn, argnums, algorithm=algorithm)(*args, **kwargs)` with
+    `jax.grad`, leaf by leaf (`placement`: where the value nodes go, see
+    [`pcgraph.trace`][]).
 
     **Returns:**
 
     A [`GradReport`][pcgraph.GradReport] with each leaf's cosine, relative error and largest
     absolute error; print it for a table, or call `.assert_close(rtol, atol)`.
     """
-    pc = grad(fn, argnums, has_aux=has_aux, algorithm=algorithm)(*args)
-    reference = jax.grad(fn, argnums, has_aux=has_aux)(*args)
+    pc = grad(fn, argnums, has_aux=has_aux, algorithm=algorithm, placement=placement)(
+        *args, **kwargs
+    )
+    reference = jax.grad(fn, argnums, has_aux=has_aux)(*args, **kwargs)
     if has_aux:
         pc, reference = pc[0], reference[0]
     pc_leaves = jax.tree_util.tree_leaves_with_path(pc)

@@ -1,5 +1,5 @@
-"""What a predictive-coding algorithm spends on a graph, next to backprop (seed 000's
-accounting): sequential steps, local forward evaluations and local VJPs."""
+"""What a predictive-coding algorithm spends on a graph, next to backprop (the accounting of
+Zahid, Guo & Fountas 2023): sequential steps, local forward evaluations and local VJPs."""
 
 import equinox as eqx
 

@@ -9,7 +9,7 @@ function the free phase is the feedforward pass, so one-sided EqProp is `IL` the
 import abc
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -51,15 +51,23 @@ class ContrastiveStats(RelaxationStats):
         return sum(phase.num_steps for phase in self.phases)
 
     def _failure_message(self) -> str:
-        name = next(
-            name
+        name, failed = next(
+            (name, phase)
             for name, phase in zip(self.phase_names, self.phases, strict=True)
             if phase.result != RESULTS.successful
         )
-        return (
+        message = (
             f"{super()._failure_message()} This happened in the {name} phase; "
             "`stats.phases` has every phase's statistics."
         )
+        if failed.result == RESULTS.max_steps_reached:
+            message += (
+                " Every phase relaxes until its force is at most `atol + rtol * beta * "
+                "max|dC/dstate|` (`rtol='auto'`: 1.5e-8 in float64, 3.5e-4 in float32); when "
+                "that is near the round-off of the state's dtype (a small `beta` in float32), "
+                "more steps do not help: raise `beta` or `rtol`, or use float64."
+            )
+        return message
 
 
 def _pad_trajectory(stats: RelaxationStats, length: int) -> RelaxationStats:
@@ -104,12 +112,26 @@ def _check_beta(name: str, value):
         )
 
 
+def _is_nonnegative(value) -> bool:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return is_number and math.isfinite(value) and value >= 0
+
+
 def _check_settings(name: str, algorithm):
     _check_beta(f"{name}(beta)", algorithm.beta)
     if not (isinstance(algorithm.max_steps, int | np.integer) and algorithm.max_steps >= 1):
         raise ValueError(
             f"{name}(max_steps={algorithm.max_steps!r}): give a positive int, e.g. 100."
         )
+    rtol, atol = algorithm.rtol, algorithm.atol
+    if not (rtol is None or _is_nonnegative(rtol) or (isinstance(rtol, str) and rtol == "auto")):
+        raise ValueError(
+            f"{name}(rtol={rtol!r}): give a non-negative, finite number (e.g. 1e-6), 'auto' "
+            "(the default, set by the state's dtype), or None to run every phase for "
+            "`max_steps` steps."
+        )
+    if not _is_nonnegative(atol):
+        raise ValueError(f"{name}(atol={atol!r}): give a non-negative, finite number.")
     increase = algorithm.max_energy_increase
     if increase is not None and not (
         isinstance(increase, int | float) and math.isfinite(increase) and increase > 0
@@ -147,7 +169,7 @@ class _AbstractContrastive(AbstractAlgorithm):
     beta: eqx.AbstractVar[float | jax.Array]
     stepper: eqx.AbstractVar[AbstractStepper]
     max_steps: eqx.AbstractVar[int]
-    rtol: eqx.AbstractVar[float | None]
+    rtol: eqx.AbstractVar[float | Literal["auto"] | None]
     atol: eqx.AbstractVar[float]
     max_energy_increase: eqx.AbstractVar[float | None]
     throw: eqx.AbstractVar[bool]
@@ -160,17 +182,30 @@ class _AbstractContrastive(AbstractAlgorithm):
     def _estimate(self, free: PyTree, nudged: list[PyTree]) -> PyTree:
         """The gradient estimate from `dF_beta/dparams` at the free and nudged equilibria."""
 
+    def _rtol(self, state) -> float | None:
+        if self.rtol != "auto":
+            return self.rtol
+        # Half the digits of the state's (narrowest) dtype: the force of a nudge of moderate
+        # beta is resolved about that finely (float32 cannot reach 1e-6 of it at beta = 0.1).
+        # An empty state has no force, and stops at once whatever the tolerance.
+        eps = [float(jnp.finfo(x.dtype).eps) for x in jax.tree.leaves(state)]
+        return max(eps, default=0.0) ** 0.5
+
     def _run(self, model, params, inputs, targets, state, *, free_max_steps, save_energy):
-        if self.rtol is None:
+        rtol = self._rtol(state)
+        if rtol is None:
             tolerance = self.atol
         else:
             # One absolute tolerance for every phase, relative to the force the nudge exerts:
             # the difference quotient needs each equilibrium to that accuracy (with the PC
-            # energy this is exactly IL's tolerance).
+            # energy this is exactly IL's tolerance). It is measured at the starting state, not
+            # at each nudged phase's start: where the free equilibrium already minimises the
+            # cost (saturated Hopfield outputs on their targets), a nudged phase starts with
+            # only the free phase's residual, and `rtol` times that is round-off.
             nudge_force = jnp.abs(self.beta) * _max_abs(
                 jax.grad(model.cost)(state, params, targets)
             )
-            tolerance = self.atol + self.rtol * nudge_force
+            tolerance = self.atol + rtol * nudge_force
 
         def phase(beta, start, max_steps, max_energy_increase):
             return relax(
@@ -178,7 +213,7 @@ class _AbstractContrastive(AbstractAlgorithm):
                 start,
                 stepper=self.stepper,
                 max_steps=max_steps,
-                rtol=None if self.rtol is None else 0.0,
+                rtol=None if rtol is None else 0.0,
                 atol=tolerance,
                 max_energy_increase=max_energy_increase,
                 save_energy=save_energy,
@@ -262,6 +297,11 @@ class EqProp(_AbstractContrastive):
     [`pcgraph.IL`][] with the same `beta`. With [`pcgraph.ebm_relax`][] it runs on any
     [`pcgraph.AbstractEnergy`][], e.g. [`pcgraph.HopfieldEnergy`][].
 
+    The difference quotient is only as good as the equilibria: a phase stopped early adds an
+    error that does not shrink with `beta`. So every phase relaxes to a tolerance set by the
+    force of the nudge, and with `throw=True` a phase that misses it raises a
+    [`pcgraph.RelaxationError`][] instead of returning an unconverged gradient.
+
     **Arguments:**
 
     - `beta`: the nudge strength, positive. A JAX array is accepted (to sweep or schedule it
@@ -269,11 +309,19 @@ class EqProp(_AbstractContrastive):
     - `symmetric`: nudge with `+beta` and `-beta` (two nudged phases) instead of `+beta` only.
     - `stepper`: how the state moves: [`pcgraph.Euler`][], [`pcgraph.OptaxStepper`][] or
         [`pcgraph.DiffraxStepper`][].
-    - `max_steps`: the most steps of each phase.
+    - `max_steps`: the most steps of each phase: a cap for a relaxation that stalls, since
+        every phase stops at its tolerance (a few hundred steps of `Euler(0.1)` on a small
+        MLP's PC energy).
     - `rtol`, `atol`: every phase stops once its largest force is at most
-        `atol + rtol * beta * max|dC/dstate|` (the force of the nudge at the starting state),
-        so `rtol` bounds the relative error the relaxations add to the difference quotient;
-        `rtol=None` runs every phase for `max_steps` steps.
+        `atol + rtol * beta * max|dC/dstate|` (the force of the nudge at the starting state,
+        the free equilibrium on the PC energy), so the relaxations add a relative error of
+        the order of `rtol` to the gradient, whatever `beta`. `"auto"` (the default) takes
+        half the digits of the state's dtype, `sqrt(eps)`: 1.5e-8 in float64, below the
+        estimator's own error down to `beta = 1e-4` (1e-3 symmetric) on a small MLP; 3.5e-4
+        in float32, where the tolerance of a nudge force below about 1e-3 (on a state of
+        order 1) is lost in round-off and the relaxation raises (raise `beta` or `rtol`, or
+        use float64). `rtol=None` runs every phase for exactly `max_steps` steps and checks
+        only for divergence.
     - `max_energy_increase`: report divergence when a nudged phase's energy rises more than
         this many times its initial magnitude above it; None checks only for NaN/Inf. (The
         free phase is checked for NaN/Inf only.)
@@ -284,8 +332,8 @@ class EqProp(_AbstractContrastive):
     beta: float | jax.Array = 0.1
     symmetric: bool = False
     stepper: AbstractStepper = Euler(0.1)
-    max_steps: int = 100
-    rtol: float | None = None
+    max_steps: int = 10_000
+    rtol: float | Literal["auto"] | None = "auto"
     atol: float = 0.0
     max_energy_increase: float | None = 10.0
     throw: bool = True
@@ -333,13 +381,13 @@ class CHL(_AbstractContrastive):
     - `beta`: the clamping strength, positive; larger is closer to a hard clamp (and stiffer
         to relax: Euler needs `step_size < 2 / (curvature of E + beta * C)`).
     - `stepper`, `max_steps`, `rtol`, `atol`, `max_energy_increase`, `throw`: as for
-        [`pcgraph.EqProp`][].
+        [`pcgraph.EqProp`][]: relaxed to a tolerance by default, raising when it is missed.
     """
 
     beta: float | jax.Array = 1.0
     stepper: AbstractStepper = Euler(0.1)
-    max_steps: int = 100
-    rtol: float | None = None
+    max_steps: int = 10_000
+    rtol: float | Literal["auto"] | None = "auto"
     atol: float = 0.0
     max_energy_increase: float | None = 10.0
     throw: bool = True
@@ -408,7 +456,9 @@ def ebm_relax(
     loss at the free equilibrium: the core of an EqProp or CHL training step.
 
     The computation is jit-compiled (cached per model, shapes and algorithm) and runs inside
-    `jax.jit` and `jax.vmap`. With `algorithm.throw` a failed phase raises a
+    `jax.jit` and `jax.vmap`. By default every phase relaxes to a tolerance relative to the
+    force of the nudge (see [`pcgraph.EqProp`][]). With `algorithm.throw` a failed phase
+    (diverged, or short of its tolerance after `max_steps` steps) raises a
     [`pcgraph.RelaxationError`][] naming the phase (under an outer `jax.jit`, `equinox.error_if`
     raises with the static message of [`pcgraph.RESULTS`][]).
 

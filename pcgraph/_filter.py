@@ -8,7 +8,9 @@ from typing import Any
 import equinox as eqx
 
 from ._algorithms import AbstractAlgorithm
+from ._closure import as_pytree
 from ._grad import value_and_grad
+from ._placement import AbstractPlacement
 
 _sentinel: Any = object()
 
@@ -39,6 +41,7 @@ def filter_value_and_grad(
     *,
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
+    placement: AbstractPlacement | None = None,
 ) -> Callable:
     """Like `equinox.filter_value_and_grad`, with the gradient computed by predictive coding.
 
@@ -54,6 +57,9 @@ def filter_value_and_grad(
     - `has_aux`: whether `fun` returns `(loss, aux)`.
     - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`, which equals
         `jax.grad` up to round-off.
+    - `placement`: where the value nodes go (see [`pcgraph.trace`][]): by default at the
+        `pcgraph.node` marks when there are any, one per layer otherwise, so that an unchanged
+        `equinox.nn.MLP` is the standard layered predictive-coding network.
 
     **Returns:**
 
@@ -62,12 +68,16 @@ def filter_value_and_grad(
     each floating-point array and None at every other leaf.
     """
     if fun is _sentinel:
-        return functools.partial(filter_value_and_grad, has_aux=has_aux, algorithm=algorithm)
-    return _filtered(fun, has_aux, algorithm, "filter_value_and_grad")
+        return functools.partial(
+            filter_value_and_grad, has_aux=has_aux, algorithm=algorithm, placement=placement
+        )
+    return _filtered(fun, has_aux, algorithm, placement, "filter_value_and_grad")
 
 
-def _filtered(fun: Callable, has_aux: bool, algorithm, name: str) -> Callable:
-    solve = value_and_grad(_Recombined(fun), has_aux=has_aux, algorithm=algorithm)
+def _filtered(fun: Callable, has_aux: bool, algorithm, placement, name: str) -> Callable:
+    solve = value_and_grad(
+        _Recombined(as_pytree(fun)), has_aux=has_aux, algorithm=algorithm, placement=placement
+    )
 
     @functools.wraps(fun)
     def value_and_grad_fn(*args, **kwargs):
@@ -83,6 +93,7 @@ def filter_grad(
     *,
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
+    placement: AbstractPlacement | None = None,
 ) -> Callable:
     """Like `equinox.filter_grad`, with the gradient computed by predictive coding: a drop-in
     for training equinox models.
@@ -108,8 +119,10 @@ def filter_grad(
         ```
     """
     if fun is _sentinel:
-        return functools.partial(filter_grad, has_aux=has_aux, algorithm=algorithm)
-    value_and_grad_fn = _filtered(fun, has_aux, algorithm, "filter_grad")
+        return functools.partial(
+            filter_grad, has_aux=has_aux, algorithm=algorithm, placement=placement
+        )
+    value_and_grad_fn = _filtered(fun, has_aux, algorithm, placement, "filter_grad")
 
     @functools.wraps(fun)
     def grad_fn(*args, **kwargs):

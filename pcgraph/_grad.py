@@ -6,11 +6,66 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import optax
 
 from ._algorithms import FPA, AbstractAlgorithm
-from ._graph import trace_flat
+from ._closure import as_pytree
+from ._graph import Feedforward, Traced, trace_flat
+from ._placement import AbstractPlacement, check_placement
 from ._relax import RelaxationStats
+
+
+class NonFiniteError(ValueError):
+    """An input or the feedforward pass holds NaN or Inf, so there is nothing to relax."""
+
+
+class _InputCheck(eqx.Module):
+    """Which input leaf, feedforward node value or loss is the first to hold NaN or Inf
+    (`index`, -1 when all are finite), with a message for each."""
+
+    index: jax.Array
+    messages: tuple[str, ...] = eqx.field(static=True)
+
+    def raise_if_failed(self, token):
+        failed = self.index >= 0
+        if isinstance(failed, jax.core.Tracer):
+            return eqx.branched_error_if(token, failed, self.index, self.messages)
+        if failed:
+            raise NonFiniteError(self.messages[int(self.index)])
+        return token
+
+
+def _check_inputs(traced: Traced, feedforward: Feedforward) -> _InputCheck:
+    """Find the first non-finite input, then node, then loss: reported before the relaxation
+    is blamed for a NaN that was there from the start."""
+    graph = traced.graph
+    checked = [
+        *(
+            (leaf, f"The differentiated argument's leaf `{name}` holds NaN or Inf, so there is "
+             "no gradient to compute. Check the parameters (a diverged update? lower the "
+             "learning rate).")
+            for name, leaf in zip(graph.param_names, traced.params, strict=True)
+        ),
+        *(
+            (leaf, f"The input {name} holds NaN or Inf. Clean the data (e.g. "
+             "`jnp.nan_to_num`) or mask the bad entries before calling pcgraph.")
+            for name, leaf in zip(traced.data_names, traced.data, strict=True)
+        ),
+        *(
+            (value, f"The feedforward value of node `{name}` is NaN or Inf although every "
+             "input is finite: the function overflows or divides by zero there. Check that "
+             "computation (a log or division of zero, or a value beyond the dtype's range).")
+            for name, value in zip(graph.node_names, feedforward.values, strict=True)
+        ),
+        (feedforward.loss, "The loss is NaN or Inf at the feedforward pass although every "
+         "input and node value is finite. Check the loss for log(0), division by zero or "
+         "overflow."),
+    ]  # fmt: skip
+    checked = [(x, m) for x, m in checked if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    bad = jnp.stack([~jnp.all(jnp.isfinite(x)) for x, _ in checked])
+    index = jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32)
+    return _InputCheck(index, tuple(m for _, m in checked))
 
 
 class Solution(eqx.Module):
@@ -32,6 +87,7 @@ class Solution(eqx.Module):
     values: dict[str, jax.Array]
     errors: dict[str, jax.Array]
     stats: RelaxationStats
+    input_check: _InputCheck
 
 
 def _check_algorithm(algorithm) -> AbstractAlgorithm:
@@ -51,8 +107,8 @@ def _check_algorithm(algorithm) -> AbstractAlgorithm:
 
 
 @eqx.filter_jit
-def _solve(fn, args, argnums, has_aux, algorithm, save_energy) -> Solution:
-    traced = trace_flat(fn, args, argnums, has_aux, algorithm.lifts_scans)
+def _solve_jit(fn, args, kwargs, argnums, has_aux, algorithm, placement, save_energy) -> Solution:
+    traced = trace_flat(fn, args, argnums, has_aux, algorithm.lifts_scans, placement, kwargs)
     graph = traced.graph
     feedforward = graph.feedforward(traced.params, traced.data)
     equilibrium = algorithm.solve(
@@ -66,16 +122,29 @@ def _solve(fn, args, argnums, has_aux, algorithm, save_energy) -> Solution:
         values=dict(zip(names, equilibrium.values, strict=True)),
         errors=dict(zip(names, equilibrium.errors, strict=True)),
         stats=equilibrium.stats,
+        input_check=_check_inputs(traced, feedforward),
     )
 
 
-def _checked(stats: RelaxationStats, algorithm: AbstractAlgorithm, outputs):
-    """`outputs`, once the relaxation is known to have succeeded (with `throw=True`).
+def _solve(fn, args, kwargs, argnums, has_aux, algorithm, placement, save_energy) -> Solution:
+    # The function as a pytree of the arrays it closes over: a fresh closure over new arrays
+    # reuses the compiled solve.
+    return _solve_jit(
+        as_pytree(fn), args, kwargs, argnums, has_aux, algorithm, placement, save_energy
+    )
+
+
+def _checked(result: "Solution | TrainInfo", algorithm: AbstractAlgorithm, outputs):
+    """`outputs`, once the inputs are known to be finite and the relaxation to have
+    succeeded (with `throw=True`).
 
     Checked outside the compiled solve, so that a concrete failure can quote its numbers;
     under an outer `jit` the check guards only `outputs`, so that what it does not return
     (node values and errors, sharded over a batch) is not gathered for it."""
-    return stats.raise_if_failed(outputs) if algorithm.throw else outputs
+    if not algorithm.throw:
+        return outputs
+    outputs = result.input_check.raise_if_failed(outputs)
+    return result.stats.raise_if_failed(outputs)
 
 
 def _as_static(argnums):
@@ -88,7 +157,9 @@ def relax(
     argnums=0,
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
+    placement: AbstractPlacement | None = None,
     save_energy: bool = False,
+    **kwargs,
 ) -> Solution:
     """Trace `fn`, relax its predictive-coding graph and return the whole
     [`Solution`][pcgraph.Solution].
@@ -102,11 +173,20 @@ def relax(
 
     - `fn`, `*args`, `argnums`, `has_aux`: as for `jax.grad(fn, argnums, has_aux)(*args)`.
     - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`, which is exact.
+    - `placement`: where the value nodes go (see [`pcgraph.trace`][]).
     - `save_energy`: record the energy at every step in `Solution.stats.energy_trajectory`.
+    - `**kwargs`: keyword arguments of `fn`, held fixed, as under `jax.grad`.
+
+    Raises `pcgraph.NonFiniteError` naming the argument or node when an input or the
+    feedforward pass holds NaN or Inf, and [`pcgraph.RelaxationError`][] when the relaxation
+    fails (with the algorithm's `throw=True`).
     """
     algorithm = _check_algorithm(algorithm)
-    solution = _solve(fn, args, _as_static(argnums), has_aux, algorithm, save_energy)
-    return _checked(solution.stats, algorithm, solution)
+    placement = check_placement(placement)
+    solution = _solve(
+        fn, args, kwargs, _as_static(argnums), has_aux, algorithm, placement, save_energy
+    )
+    return _checked(solution, algorithm, solution)
 
 
 def value_and_grad(
@@ -115,6 +195,7 @@ def value_and_grad(
     *,
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
+    placement: AbstractPlacement | None = None,
 ) -> Callable:
     """Like `jax.value_and_grad`, with the gradient computed by predictive coding.
 
@@ -125,22 +206,26 @@ def value_and_grad(
     - `has_aux`: whether `fn` returns `(loss, aux)`.
     - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`, which equals
         `jax.grad` up to round-off.
+    - `placement`: where the value nodes go (see [`pcgraph.trace`][]): by default at the
+        `pcgraph.node` marks when there are any, one per layer otherwise.
 
     **Returns:**
 
-    A function with `fn`'s signature returning `(value, grads)`, or `((value, aux), grads)`
-    with `has_aux=True`; `grads` has the structure `jax.grad` would give. It can be called
-    under `jax.jit` and `jax.vmap`, and does not retrace for repeated calls with the same
-    shapes.
+    A function with `fn`'s signature (keyword arguments pass through, held fixed) returning
+    `(value, grads)`, or `((value, aux), grads)` with `has_aux=True`; `grads` has the
+    structure `jax.grad` would give. It can be called under `jax.jit` and `jax.vmap`, and
+    does not retrace for repeated calls with the same shapes, nor for a fresh closure over
+    arrays of the same shapes (`pcgraph.grad(lambda p: loss(p, x, y))` built at every step).
     """
     algorithm = _check_algorithm(algorithm)
+    placement = check_placement(placement)
     argnums = _as_static(argnums)
 
     @functools.wraps(fn)
-    def value_and_grad_fn(*args):
-        solution = _solve(fn, args, argnums, has_aux, algorithm, False)
+    def value_and_grad_fn(*args, **kwargs):
+        solution = _solve(fn, args, kwargs, argnums, has_aux, algorithm, placement, False)
         value = (solution.value, solution.aux) if has_aux else solution.value
-        return _checked(solution.stats, algorithm, (value, solution.grads))
+        return _checked(solution, algorithm, (value, solution.grads))
 
     return value_and_grad_fn
 
@@ -151,6 +236,7 @@ def grad(
     *,
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
+    placement: AbstractPlacement | None = None,
 ) -> Callable:
     """A drop-in replacement for `jax.grad` that computes the gradient by predictive coding.
 
@@ -166,11 +252,14 @@ def grad(
     - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`, which equals
         `jax.grad` up to round-off. [`pcgraph.IL`][] is standard (approximate) inference
         learning.
+    - `placement`: where the value nodes go (see [`pcgraph.trace`][]): by default at the
+        `pcgraph.node` marks when there are any, one per layer otherwise.
 
     **Returns:**
 
-    A function with `fn`'s signature returning the gradients (and `aux` with `has_aux=True`),
-    structured as `jax.grad(fn, argnums, has_aux=has_aux)` would return them.
+    A function with `fn`'s signature (keyword arguments pass through, held fixed) returning
+    the gradients (and `aux` with `has_aux=True`), structured as
+    `jax.grad(fn, argnums, has_aux=has_aux)` would return them.
 
     !!! example
 
@@ -179,11 +268,13 @@ def grad(
         grads_il = pcgraph.grad(loss, algorithm=pcgraph.IL(beta=0.1))(params, x, y)
         ```
     """
-    value_and_grad_fn = value_and_grad(fn, argnums, has_aux=has_aux, algorithm=algorithm)
+    value_and_grad_fn = value_and_grad(
+        fn, argnums, has_aux=has_aux, algorithm=algorithm, placement=placement
+    )
 
     @functools.wraps(fn)
-    def grad_fn(*args):
-        value, grads = value_and_grad_fn(*args)
+    def grad_fn(*args, **kwargs):
+        value, grads = value_and_grad_fn(*args, **kwargs)
         return (grads, value[1]) if has_aux else grads
 
     return grad_fn
@@ -203,11 +294,14 @@ class TrainInfo(eqx.Module):
     loss: jax.Array
     aux: Any
     stats: RelaxationStats
+    input_check: _InputCheck
 
 
 @eqx.filter_jit
-def _train(fn, optimizer, params, opt_state, args, has_aux, algorithm, save_energy):
-    traced = trace_flat(fn, (params, *args), 0, has_aux, algorithm.lifts_scans)
+def _train(
+    fn, optimizer, params, opt_state, args, kwargs, has_aux, algorithm, placement, save_energy
+):
+    traced = trace_flat(fn, (params, *args), 0, has_aux, algorithm.lifts_scans, placement, kwargs)
     graph = traced.graph
     feedforward = graph.feedforward(traced.params, traced.data)
     new_params, opt_state, stats = algorithm.train(
@@ -224,6 +318,7 @@ def _train(fn, optimizer, params, opt_state, args, has_aux, algorithm, save_ener
         loss=feedforward.loss,
         aux=traced.unflatten_aux(feedforward.aux) if has_aux else None,
         stats=stats,
+        input_check=_check_inputs(traced, feedforward),
     )
     return traced.unflatten_grads(new_params), opt_state, info
 
@@ -234,6 +329,7 @@ def train_step(
     *,
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
+    placement: AbstractPlacement | None = None,
     save_energy: bool = False,
 ) -> Callable:
     """A jit-compiled training step that updates the parameters (the first argument of `fn`)
@@ -252,11 +348,13 @@ def train_step(
     - `optimizer`: an `optax.GradientTransformation`; its state is `optimizer.init(params)`.
     - `has_aux`: whether `fn` returns `(loss, aux)`.
     - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`.
+    - `placement`: where the value nodes go (see [`pcgraph.trace`][]).
     - `save_energy`: record the energy at every step in `info.stats.energy_trajectory`.
 
     **Returns:**
 
-    A function `step(params, opt_state, *args) -> (params, opt_state, info)`, with `info` a
+    A function `step(params, opt_state, *args, **kwargs) -> (params, opt_state, info)`
+    (keyword arguments pass through to `fn`, held fixed), with `info` a
     [`pcgraph.TrainInfo`][]. It raises [`pcgraph.RelaxationError`][] if the relaxation fails
     (with the algorithm's `throw=True`).
 
@@ -270,12 +368,14 @@ def train_step(
         ```
     """
     algorithm = _check_algorithm(algorithm)
+    placement = check_placement(placement)
 
     @functools.wraps(fn)
-    def step(params, opt_state, *args):
+    def step(params, opt_state, *args, **kwargs):
         params, opt_state, info = _train(
-            fn, optimizer, params, opt_state, args, has_aux, algorithm, save_energy
-        )
-        return _checked(info.stats, algorithm, (params, opt_state, info))
+            as_pytree(fn), optimizer, params, opt_state, args, kwargs, has_aux, algorithm,
+            placement, save_energy,
+        )  # fmt: skip
+        return _checked(info, algorithm, (params, opt_state, info))
 
     return step

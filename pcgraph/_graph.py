@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import math
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -12,6 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_adapter as adapter
+from ._placement import (
+    AbstractPlacement,
+    Layers,
+    Marks,
+    Primitives,
+    check_placement,
+    layer_nodes,
+)
 
 
 class NodeInfo(NamedTuple):
@@ -41,7 +50,9 @@ def _body_deps(jaxpr: adapter.Jaxpr) -> tuple[frozenset[int], ...]:
     """For each output of `jaxpr`, the positions of the inputs it depends on through floating
     values: the paths along which a gradient can flow."""
     deps: dict[Any, frozenset[int]] = {
-        var: frozenset({p}) for p, var in enumerate(jaxpr.invars) if adapter.is_float_aval(var.aval)
+        var: frozenset({p})
+        for p, var in enumerate(jaxpr.invars)
+        if adapter.is_inexact_aval(var.aval)
     }
 
     def of(atom) -> frozenset[int]:
@@ -54,7 +65,7 @@ def _body_deps(jaxpr: adapter.Jaxpr) -> tuple[frozenset[int], ...]:
             else frozenset().union(*(of(atom) for atom in eqn.invars))
         )
         for var in eqn.outvars:
-            if not adapter.is_drop_var(var) and adapter.is_float_aval(var.aval):
+            if not adapter.is_drop_var(var) and adapter.is_inexact_aval(var.aval):
                 deps[var] = found
     return tuple(of(atom) for atom in jaxpr.outvars)
 
@@ -208,7 +219,9 @@ def _lift_scan(eqn: _Eqn, avals: list[Any], marker_mode: bool) -> _ScanEqn:
             return False  # a literal or a body input passed through: nothing to predict
         if marker_mode:
             return adapter.is_node_marker(producer.primitive)
-        return producer.primitive not in adapter.STRUCTURAL | adapter.STOP_GRADIENT
+        return adapter.is_float_aval(atom.aval) and (
+            producer.primitive not in adapter.STRUCTURAL | adapter.STOP_GRADIENT
+        )
 
     y_atoms = jaxpr.outvars[nc:]
     views = [
@@ -283,10 +296,13 @@ class _Builder:
                         "predictions many times during relaxation, so a callback, print or other "
                         "effect would run an unpredictable number of times. Move it out of the "
                         "function you pass to pcgraph (for example, print the returned aux "
-                        "values instead)."
+                        "values instead); `jax.pure_callback` and runtime checks such as "
+                        "`equinox.error_if` are allowed."
                     )
                 outs = [self.new_var(var.aval) for var in eqn.outvars]
-                self.eqns.append(_Eqn(eqn.primitive, eqn.params, tuple(ins), tuple(outs)))
+                # A runtime check is recorded as such: it runs on the feedforward pass only.
+                primitive, params = adapter.recorded(eqn)
+                self.eqns.append(_Eqn(primitive, params, tuple(ins), tuple(outs)))
             for var, out in zip(eqn.outvars, outs, strict=True):
                 if not adapter.is_drop_var(var):
                     env[var] = out
@@ -319,8 +335,9 @@ class _Segment:
         structure = tuple(
             (
                 eqn.primitive,
-                # A mark is the identity; dropping its name lets marked layers share a program.
-                () if adapter.is_node_marker(eqn.primitive) else tuple(sorted(eqn.params.items())),
+                # Marks and checks keep only what this pass reads, so marked or checked layers
+                # share a program.
+                adapter.relaxation_params(eqn.primitive, eqn.params),
                 tuple(position[i] for i in eqn.inputs),
                 len(eqn.outputs),
             )
@@ -445,6 +462,7 @@ class Graph:
         aux_ids: tuple[int, ...],
         param_names: tuple[str, ...],
         lift_scans: bool = True,
+        placement: AbstractPlacement | None = None,
     ):
         self._avals = builder.avals
         self._constants = builder.constants
@@ -454,7 +472,7 @@ class Graph:
         self._aux_ids = aux_ids
         self.param_names = param_names
         self._eqns = _live_eqns(builder.eqns, (loss_id, *aux_ids))
-        self._analyse(lift_scans)
+        self._analyse(lift_scans, placement)
 
     # -- structure -------------------------------------------------------------------------
 
@@ -469,7 +487,7 @@ class Graph:
             elif eqn.primitive in adapter.STOP_GRADIENT:
                 continue
             elif active.intersection(eqn.inputs):
-                active.update(o for o in eqn.outputs if adapter.is_float_aval(self._avals[o]))
+                active.update(o for o in eqn.outputs if adapter.is_inexact_aval(self._avals[o]))
         reaches_loss = {self._loss_id}
         for eqn in reversed(self._eqns):
             if isinstance(eqn, _ScanEqn):
@@ -492,36 +510,58 @@ class Graph:
             and eqn.outputs[0] != self._loss_id
         )
 
-    def _lift_scans(self, relevant: set[int]) -> tuple[bool, bool]:
-        """Lift the scans on the differentiated path into stacked nodes. With `pcgraph.node`
-        marks, only scans whose body holds a mark are lifted; the rest fold into the
-        predictions of the marked nodes, as any unmarked computation does. Returns whether the
-        graph has marks and whether any scan was lifted."""
+    def _choose_placement(self, relevant: set[int], placement) -> AbstractPlacement:
+        """`placement`, or by default marks when the differentiated path holds any (in a
+        scan body too), layers otherwise."""
+        if placement is not None:
+            return placement
         path = [e for e in self._eqns if relevant.intersection(e.outputs)]
-        scans = [
-            e
-            for e in path
-            if adapter.is_scan(e.primitive) and adapter.scan_params(e.params).length > 0
-        ]
-        marked = {
-            id(e): adapter.contains_primitive(
+        marked = any(self._is_marker(e) for e in path) or any(
+            adapter.is_scan(e.primitive)
+            and adapter.contains_primitive(
                 adapter.jaxpr_of(adapter.scan_params(e.params).body), adapter.node_p
             )
+            for e in path
+        )
+        return Marks() if marked else Layers()
+
+    def _lift_scans(self, relevant: set[int], marker_mode: bool) -> bool:
+        """Lift the scans on the differentiated path into stacked nodes. With `pcgraph.node`
+        marks, only scans whose body holds a mark are lifted; the rest fold into the
+        predictions of the marked nodes, as any unmarked computation does. A scan with a
+        complex carry stays whole (complex values are never nodes). Returns whether any scan
+        was lifted."""
+        scans = [
+            e
+            for e in self._eqns
+            if relevant.intersection(e.outputs)
+            and adapter.is_scan(e.primitive)
+            and adapter.scan_params(e.params).length > 0
+            and all(
+                adapter.is_float_aval(self._avals[o])
+                for o in e.outputs[: adapter.scan_params(e.params).num_carry]
+                if o in relevant
+            )
+        ]
+        lift = {
+            id(e)
             for e in scans
+            if not marker_mode
+            or adapter.contains_primitive(
+                adapter.jaxpr_of(adapter.scan_params(e.params).body), adapter.node_p
+            )
         }
-        marker_mode = any(self._is_marker(e) for e in path) or any(marked.values())
-        lift = {id(e) for e in scans if marked[id(e)] or not marker_mode}
         self._eqns = [
             _lift_scan(e, self._avals, marker_mode) if id(e) in lift else e for e in self._eqns
         ]
-        return marker_mode, bool(lift)
+        return bool(lift)
 
-    def _analyse(self, lift_scans: bool):
+    def _analyse(self, lift_scans: bool, placement: AbstractPlacement | None):
         relevant = self._relevant()
-        if lift_scans:
-            marker_mode, lifted = self._lift_scans(relevant)
-            if lifted:
-                relevant = self._relevant()
+        self.placement = self._choose_placement(relevant, placement)
+        marker_mode = isinstance(self.placement, Marks)
+        if lift_scans and self._lift_scans(relevant, marker_mode):
+            relevant = self._relevant()
         self._pass_eqns = [e for e in self._eqns if relevant.intersection(e.outputs)]
         for eqn in self._pass_eqns:
             if isinstance(eqn, _Eqn) and eqn.primitive in adapter.NOT_REVERSE_DIFFERENTIABLE:
@@ -532,8 +572,17 @@ class Graph:
                     "propagate errors through it; jax.grad fails on it too. Use lax.scan, or "
                     "lax.fori_loop with Python-int bounds, instead."
                 )
-        if not lift_scans:
-            marker_mode = any(self._is_marker(e) for e in self._pass_eqns)
+        layers = {}
+        if isinstance(self.placement, Layers):
+            layers = layer_nodes(
+                self._pass_eqns,
+                is_lifted_scan=lambda e: isinstance(e, _ScanEqn),
+                param_ids=self._param_ids,
+                relevant=relevant,
+                scalars={v for v in self._constants if math.prod(self._avals[v].shape) == 1},
+                is_real=lambda var: adapter.is_float_aval(self._avals[var]),
+                loss_id=self._loss_id,
+            )
         node_ids, labels, ops, precisions, iterations = [], [], [], [], []
 
         def add(var, op, label, precision=1.0, length=None):
@@ -552,9 +601,21 @@ class Graph:
                 if self._is_marker(eqn):
                     name, precision = adapter.marker_params(eqn.params)
                     add(eqn.outputs[0], "node", name or f"node_{len(node_ids)}", precision)
-            elif eqn.primitive not in adapter.STRUCTURAL:
+            elif layers:
                 for out in eqn.outputs:
-                    if out in relevant and out != self._loss_id:
+                    if out in layers:
+                        add(out, layers[out], f"layer_{len(node_ids)}")
+            elif (
+                isinstance(self.placement, Primitives)
+                and eqn.primitive not in adapter.STRUCTURAL
+                and not adapter.is_node_marker(eqn.primitive)
+            ):
+                for out in eqn.outputs:
+                    if (
+                        out in relevant
+                        and out != self._loss_id
+                        and adapter.is_float_aval(self._avals[out])
+                    ):
                         add(out, eqn.primitive.name, None)
         self._node_ids = tuple(node_ids)
         self._node_index = {var: k for k, var in enumerate(node_ids)}
@@ -795,7 +856,8 @@ class Graph:
         lines = [
             f"Graph: {len(self.nodes)} value nodes"
             + (f" ({stacked} stacked over scan iterations)" if stacked else "")
-            + f", depth {self.depth}, {len(self._param_ids)} parameter leaves"
+            + f", depth {self.depth}, {len(self._param_ids)} parameter leaves, "
+            + f"placement: {self.placement.name}"
         ]
         for row in rows:
             cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
@@ -886,6 +948,8 @@ class Traced(NamedTuple):
     data: list[Any]
     unflatten_grads: Callable[[list[jax.Array]], Any]
     unflatten_aux: Callable[[list[jax.Array]], Any]
+    #: Where each data leaf came from, e.g. "argument 1" or "keyword argument `scale`['w']".
+    data_names: tuple[str, ...]
 
 
 def _normalise_argnums(argnums, num_args: int) -> tuple[int, ...]:
@@ -926,10 +990,17 @@ def _check_param_leaf(path, leaf, argnum: int):
 
 
 def trace_flat(
-    fn: Callable, args: Sequence[Any], argnums, has_aux: bool, lift_scans: bool = True
+    fn: Callable,
+    args: Sequence[Any],
+    argnums,
+    has_aux: bool,
+    lift_scans: bool = True,
+    placement: AbstractPlacement | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> Traced:
-    """Trace `fn(*args)` with the leaves of `args[argnums]` as differentiated inputs; with
-    `lift_scans=False` every scan stays one opaque node."""
+    """Trace `fn(*args, **kwargs)` with the leaves of `args[argnums]` as differentiated
+    inputs (keyword arguments are data, as under `jax.grad`); with `lift_scans=False` every
+    scan stays one opaque node."""
     nums = _normalise_argnums(argnums, len(args))
     many = isinstance(argnums, tuple | list)
     diff_args = [args[n] for n in nums]
@@ -940,17 +1011,20 @@ def trace_flat(
             param_paths.append(f"[{n}]" * many + jax.tree_util.keystr(path) or f"arg{n}")
             param_leaves.append(jnp.asarray(leaf))
     diff_treedef = jax.tree.structure(diff_args)
-    others = {k: a for k, a in enumerate(args) if k not in nums}
+    others = ({k: a for k, a in enumerate(args) if k not in nums}, kwargs or {})
     dynamic, static = eqx.partition(others, eqx.is_array)
-    data_leaves, data_treedef = jax.tree.flatten(dynamic)
+    data_paths, data_treedef = jax.tree_util.tree_flatten_with_path(dynamic)
+    data_leaves = [leaf for _, leaf in data_paths]
     num_params = len(param_leaves)
     aux_treedef = []
 
     def flat_fn(*flat):
         rebuilt_diff = jax.tree.unflatten(diff_treedef, flat[:num_params])
-        rebuilt = eqx.combine(jax.tree.unflatten(data_treedef, flat[num_params:]), static)
+        rebuilt, rebuilt_kwargs = eqx.combine(
+            jax.tree.unflatten(data_treedef, flat[num_params:]), static
+        )
         rebuilt.update(zip(nums, rebuilt_diff, strict=True))
-        out = fn(*(rebuilt[k] for k in range(len(args))))
+        out = fn(*(rebuilt[k] for k in range(len(args))), **rebuilt_kwargs)
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(
@@ -977,6 +1051,7 @@ def trace_flat(
         aux_ids=tuple(outputs[1:]),
         param_names=tuple(param_paths),
         lift_scans=lift_scans,
+        placement=placement,
     )
 
     def unflatten_grads(flat_grads):
@@ -989,7 +1064,17 @@ def trace_flat(
         data_leaves,
         unflatten_grads,
         lambda flat_aux: jax.tree.unflatten(aux_treedef[-1], flat_aux),
+        tuple(_data_name(path) for path, _ in data_paths),
     )
+
+
+def _data_name(path) -> str:
+    """`(positional dict, keyword dict)` key path -> a readable name of the argument."""
+    kind, key, *rest = path
+    rest = jax.tree_util.keystr(tuple(rest))
+    if kind.idx == 0:
+        return f"argument {key.key}{rest}"
+    return f"keyword argument `{key.key}`{rest}"
 
 
 def _check_loss(out, has_aux: bool):
@@ -1015,8 +1100,16 @@ def _check_loss(out, has_aux: bool):
         )
 
 
-def trace(fn: Callable, *args, argnums=0, has_aux: bool = False, lift_scans: bool = True) -> Graph:
-    """Trace `fn(*args)` into a predictive-coding [`Graph`][pcgraph.Graph].
+def trace(
+    fn: Callable,
+    *args,
+    argnums=0,
+    has_aux: bool = False,
+    lift_scans: bool = True,
+    placement: AbstractPlacement | None = None,
+    **kwargs,
+) -> Graph:
+    """Trace `fn(*args, **kwargs)` into a predictive-coding [`Graph`][pcgraph.Graph].
 
     The leaves of the arguments at `argnums` are the parameters (differentiated inputs); every
     other array argument is data, and arrays the function closes over are constants, exactly
@@ -1041,9 +1134,15 @@ def trace(fn: Callable, *args, argnums=0, has_aux: bool = False, lift_scans: boo
     - `has_aux`: whether `fn` returns `(loss, aux)`.
     - `lift_scans`: lift scans into stacked nodes as above; `False` keeps every scan whole, as
         a single node.
+    - `placement`: where the value nodes go: [`pcgraph.Layers`][]`()` (one node per layer,
+        found automatically), [`pcgraph.Marks`][]`()` (at the `pcgraph.node` marks) or
+        [`pcgraph.Primitives`][]`()` (every primitive). The default is marks when the function
+        holds any, layers otherwise; `Graph.summary()` names the one used.
+    - `**kwargs`: keyword arguments of `fn`, held fixed (data), as under `jax.grad`.
 
     **Returns:**
 
     The `Graph`; print it (or call `.summary()`) to see its nodes.
     """
-    return trace_flat(fn, args, argnums, has_aux, lift_scans).graph
+    placement = check_placement(placement)
+    return trace_flat(fn, args, argnums, has_aux, lift_scans, placement, kwargs).graph

@@ -13,8 +13,12 @@ import jax.extend.core as jex_core
 import jax.extend.core.primitives as jex_prims
 import jax.numpy as jnp
 
-# Private import: JAX exposes no public handle on the callback primitives.
-from jax._src import callback as _jax_callback, debugging as _jax_debugging
+# Private import: JAX exposes no public handle on the callback and shard_map primitives.
+from jax._src import (
+    callback as _jax_callback,
+    debugging as _jax_debugging,
+    shard_map as _jax_shard_map,
+)
 from jax.interpreters import ad, batching, mlir
 
 Primitive = jex_core.Primitive
@@ -38,6 +42,11 @@ batching.primitive_batchers[node_p] = lambda args, dims, **params: (
 )
 mlir.register_lowering(node_p, lambda ctx, x, *, name, precision: [x])
 
+#: Stands in for a runtime check (see `check_positions`) among pcgraph's equations: `bind` runs
+#: the check, `bind_for_relaxation` passes the checked operands through. Never bound itself.
+check_p = Primitive("pcgraph_check")
+check_p.multiple_results = True
+
 
 # -- primitive classes ----------------------------------------------------------------------------
 
@@ -59,6 +68,7 @@ STRUCTURAL = frozenset(
         jex_prims.squeeze_p,
         jex_prims.copy_p,
         jex_prims.name_p,
+        check_p,
     }
 )
 
@@ -69,6 +79,34 @@ OPAQUE = frozenset(
         jex_prims.custom_vjp_call_p,
         jex_prims.cond_p,
         jex_prims.scan_p,
+        # Not inlined: its body sees one shard of each operand and binds the mesh's axis names.
+        _jax_shard_map.shard_map_p,
+    }
+)
+
+#: Elementwise primitives: each output element is computed from the same element of each
+#: (broadcast) operand. Automatic layer nodes extend a layer through them.
+ELEMENTWISE = frozenset(
+    getattr(jex_prims, f"{name}_p")
+    for name in (
+        "abs acos acosh add asin asinh atan atan2 atanh cbrt ceil clamp cos cosh digamma div "
+        "erf erf_inv erfc exp exp2 expm1 floor integer_pow lgamma log log1p logistic max min "
+        "mul neg nextafter pow reduce_precision rem round rsqrt select_n sign sin sinh sqrt "
+        "square sub tan tanh convert_element_type eq ne lt le gt ge and or not is_finite"
+    ).split()
+)
+
+_CUSTOM_CALLS = (jex_prims.custom_jvp_call_p, jex_prims.custom_vjp_call_p)
+
+#: Pooling: a reduction over local windows. Automatic layer nodes extend a layer through it,
+#: so that a max over free node values (whose energy has a kink wherever two of them tie, and
+#: whose relaxation chatters there) is never part of a prediction.
+POOLING = frozenset(
+    {
+        jex_prims.reduce_window_max_p,
+        jex_prims.reduce_window_min_p,
+        jex_prims.reduce_window_sum_p,
+        jex_prims.reduce_window_p,
     }
 )
 
@@ -78,10 +116,10 @@ STOP_GRADIENT = frozenset({jex_prims.stop_gradient_p})
 #: Loops that reverse-mode differentiation cannot handle (data-dependent trip count).
 NOT_REVERSE_DIFFERENTIABLE = frozenset({jex_prims.while_p})
 
-#: Calls into Python; relaxation would run them an unpredictable number of times.
+#: Calls into Python with effects; relaxation would run them an unpredictable number of times.
+#: `pure_callback` is not one: it is pure by contract, so JAX may run it any number of times.
 CALLBACKS = frozenset(
     {
-        _jax_callback.pure_callback_p,
         _jax_callback.io_callback_p,
         _jax_debugging.debug_callback_p,
         _jax_debugging.debug_print_p,
@@ -165,18 +203,115 @@ def marker_params(params: dict[str, Any]) -> tuple[str | None, float]:
 
 
 def has_side_effects(eqn: JaxprEqn) -> bool:
-    """True when the eqn, or any program nested in it, calls back into Python or has effects."""
-    if eqn.primitive in CALLBACKS or eqn.effects:
-        return True
-    return any(
-        has_side_effects(inner)
+    """True when the eqn has effects, or binds one of `CALLBACKS` anywhere in it. Effects of
+    nested programs reach `eqn.effects` unless the call discharges them, as `shard_map` does
+    the named axes of the collectives in its body: those are no side effects."""
+    return bool(eqn.effects) or _binds_callback(eqn)
+
+
+def _binds_callback(eqn: JaxprEqn) -> bool:
+    return eqn.primitive in CALLBACKS or any(
+        _binds_callback(inner)
         for sub in jex_core.jaxprs_in_params(eqn.params)
         for inner in sub.eqns
     )
 
 
+# -- runtime checks -------------------------------------------------------------------------------
+#
+# A runtime check, such as `equinox.error_if`, returns its operands unchanged or calls back into
+# Python to raise. It is recognised by structure, not by name: a `cond` one branch of which
+# returns operands unchanged while every other branch computes all its outputs with
+# `pure_callback`; or a `custom_jvp` call (or a nested call) whose every output is one of its
+# inputs passed through such checks. Its derivative is taken to be the identity, as it is for
+# `equinox.error_if`.
+
+#: Calls whose body a check may be wrapped in.
+_CHECK_BODY_PARAM = {jex_prims.custom_jvp_call_p: "call_jaxpr", **_INLINE_JAXPR_PARAM}
+
+
+def _identity_positions(jaxpr: Jaxpr) -> tuple[int, ...] | None:
+    """The input position of each output, when `jaxpr` returns inputs unchanged."""
+    if any(is_literal(atom) or atom not in jaxpr.invars for atom in jaxpr.outvars):
+        return None
+    return tuple(jaxpr.invars.index(atom) for atom in jaxpr.outvars)
+
+
+def _calls_back(jaxpr: Jaxpr) -> bool:
+    """Whether every output of `jaxpr` is computed by a `pure_callback`."""
+    from_python = {
+        var
+        for eqn in jaxpr.eqns
+        if eqn.primitive is _jax_callback.pure_callback_p
+        for var in eqn.outvars
+    }
+    return bool(from_python) and all(
+        not is_literal(atom) and atom in from_python for atom in jaxpr.outvars
+    )
+
+
+def _checked_positions(jaxpr: Jaxpr) -> tuple[int, ...] | None:
+    """The input position of each output, when each output is an input passed through at
+    least one check."""
+    # var -> (input position, whether it passed a check on the way)
+    source: dict[Any, tuple[int, bool]] = {var: (p, False) for p, var in enumerate(jaxpr.invars)}
+    for eqn in jaxpr.eqns:
+        positions = check_positions(eqn)
+        for var, p in zip(eqn.outvars, positions or (), strict=positions is not None):
+            atom = eqn.invars[p]
+            if not is_literal(atom) and atom in source:
+                source[var] = (source[atom][0], True)
+    found = [None if is_literal(atom) else source.get(atom) for atom in jaxpr.outvars]
+    if not all(f is not None and f[1] for f in found):
+        return None
+    return tuple(p for p, _ in found)
+
+
+def check_positions(eqn: JaxprEqn) -> tuple[int, ...] | None:
+    """For a runtime check, the input each output passes through; None for any other eqn."""
+    if eqn.primitive is jex_prims.cond_p:
+        branches = [jaxpr_of(branch) for branch in eqn.params["branches"]]
+        identities = [_identity_positions(branch) for branch in branches]
+        calls_back = [p is None and _calls_back(b) for p, b in zip(identities, branches)]
+        passed = set(identities) - {None}
+        if len(passed) != 1 or not any(calls_back):
+            return None
+        if not all(p is not None or c for p, c in zip(identities, calls_back, strict=True)):
+            return None
+        # The cond's first input is the branch index.
+        return tuple(1 + p for p in passed.pop())
+    key = _CHECK_BODY_PARAM.get(eqn.primitive)
+    if key is None:
+        return None
+    body = eqn.params[key]
+    return _checked_positions(body.jaxpr if isinstance(body, ClosedJaxpr) else body)
+
+
+def recorded(eqn: JaxprEqn) -> tuple[Primitive, dict[str, Any]]:
+    """The primitive and parameters pcgraph records for `eqn`: a runtime check becomes
+    `check_p`."""
+    positions = check_positions(eqn)
+    if positions is None:
+        return eqn.primitive, eqn.params
+    return check_p, {"check": eqn, "passthrough": positions}
+
+
+def relaxation_params(primitive: Primitive, params: dict[str, Any]) -> tuple[Any, ...]:
+    """The parameters `bind_for_relaxation` reads, as sorted `(key, value)` pairs. A mark (the
+    identity) and a check (which passes operands through) keep nothing else, so layers that
+    differ only in their marks' names or in what they check compare equal."""
+    if primitive is node_p:
+        return ()
+    if primitive is check_p:
+        return (("passthrough", params["passthrough"]),)
+    return tuple(sorted(params.items()))
+
+
 def bind(primitive: Primitive, params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:
-    """Apply one equation to values; always returns a list of outputs."""
+    """Apply one equation to values; always returns a list of outputs. A check runs, and raises
+    where it fails, as it would under `jax.grad`."""
+    if primitive is check_p:
+        return bind(params["check"].primitive, params["check"].params, invals)
     out = primitive.bind(*invals, **primitive.get_bind_params(params))
     return list(out) if primitive.multiple_results else [out]
 
@@ -239,7 +374,11 @@ def _conv_with_forward_transpose(params: dict[str, Any]) -> Callable:
 def bind_for_relaxation(
     primitive: Primitive, params: dict[str, Any], invals: Sequence[Any]
 ) -> list[Any]:
-    """`bind`, with derivative rules that run faster inside relaxation loops where needed."""
+    """`bind`, with derivative rules that run faster inside relaxation loops where needed. A
+    check passes its operands through: relaxed values are not the function's values, so a check
+    on them could fail where the function does not."""
+    if primitive is check_p:
+        return [invals[p] for p in params["passthrough"]]
     if (
         primitive is jex_prims.conv_general_dilated_p
         and params["feature_group_count"] == 1
@@ -260,6 +399,25 @@ def literal_value(atom: Literal) -> Any:
 
 def is_drop_var(atom: Any) -> bool:
     return isinstance(atom, DropVar)
+
+
+def is_elementwise(primitive: Primitive, params: dict[str, Any]) -> bool:
+    """Whether an equation maps its operands element by element: an elementwise primitive, or
+    a call (such as `jax.nn.relu`, a custom-derivative function) whose body only holds such
+    equations."""
+    key = _INLINE_JAXPR_PARAM.get(primitive)
+    if primitive in _CUSTOM_CALLS:
+        key = "call_jaxpr"
+    if key is None:
+        return primitive in ELEMENTWISE or primitive is node_p
+    body = params[key]
+    body = body.jaxpr if isinstance(body, ClosedJaxpr) else body
+    return all(is_elementwise(eqn.primitive, eqn.params) for eqn in body.eqns)
+
+
+def is_inexact_aval(aval: Any) -> bool:
+    """Floating or complex: a value that can carry a gradient."""
+    return jnp.issubdtype(aval.dtype, jnp.inexact)
 
 
 def is_float_aval(aval: Any) -> bool:

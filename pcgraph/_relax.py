@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -25,11 +26,15 @@ class RESULTS(eqx.Enumeration):
     nonfinite = (
         "The relaxation produced NaN or Inf: the activities diverged, or the loss overflowed. "
         "Lower the stepper's `step_size` (Euler is stable below 2 / the largest curvature of "
-        "the energy), or check the loss for overflow."
+        "the energy), or check the loss for overflow. A graph with a node per primitive "
+        "(`placement=pcgraph.Primitives()`) is much stiffer than the default one node per "
+        "layer."
     )
     energy_increased = (
         "The energy rose above `max_energy_increase` times its initial magnitude, so the "
-        "relaxation is diverging. Lower the stepper's `step_size`."
+        "relaxation is diverging. Lower the stepper's `step_size`; a graph with a node per "
+        "primitive (`placement=pcgraph.Primitives()`) needs far smaller steps than the "
+        "default one node per layer."
     )
 
 
@@ -50,6 +55,10 @@ class RelaxationStats(eqx.Module):
     - `result`: a [`pcgraph.RESULTS`][] item; `RESULTS.successful` unless it failed.
     - `energy_trajectory`: with `save_energy=True`, the energy before each step and after the
         last (length `max_steps + 1`, NaN past `num_steps`); otherwise None.
+
+    Only what was measured is reported: the wavefront schedule (`pcgraph.ZIL()`,
+    `FPA(schedule="wavefront")`) takes no relaxation steps, so it reports `num_steps` 0, a NaN
+    residual and no trajectory.
     """
 
     num_steps: jax.Array
@@ -111,6 +120,15 @@ class _Carry(eqx.Module):
     trajectory: jax.Array | None
 
 
+_TOLERANCE_NOT_REVERSE_DIFFERENTIABLE = (
+    "pcgraph cannot differentiate in reverse mode (`jax.grad`, `jax.vjp`, `jax.jacrev`) "
+    "through a relaxation that stops on a tolerance (`rtol` set), whose number of steps "
+    "depends on the values. Set the algorithm's `rtol=None` to run exactly `max_steps` steps, "
+    "which reverse mode differentiates, or use forward mode (`jax.jvp`, `jax.jacfwd`), which "
+    "works with `rtol` too."
+)
+
+
 def relax(
     force_fn: Callable[[PyTree], tuple[jax.Array, PyTree]],
     state: PyTree,
@@ -122,10 +140,13 @@ def relax(
     max_energy_increase: float | None,
     save_energy: bool,
 ) -> tuple[PyTree, RelaxationStats]:
-    """Step `state` along `force_fn(state) = (energy, -dF/dstate)` in one `lax.while_loop`.
+    """Step `state` along `force_fn(state) = (energy, -dF/dstate)` in one compiled loop.
 
     Stops after `max_steps` steps, or once the largest force is at most
-    `atol + rtol * (largest initial force)` when `rtol` is not None, or on divergence.
+    `atol + rtol * (largest initial force)` when `rtol` is not None, or on divergence. With
+    `rtol=None` the loop has a fixed trip count, so the result can be differentiated in
+    reverse mode (`jax.grad` of a function that calls `pcgraph.grad`); forward mode works
+    either way.
     """
 
     def status(step, energy, residual, initial_energy, tolerance):
@@ -161,6 +182,14 @@ def relax(
         if rtol is not None:
             tolerance = jnp.where(first, atol + rtol * residual, tolerance)
         result, done = status(carry.step, energy, residual, initial_energy, tolerance)
+        # With a fixed trip count the loop runs on once done: freeze everything then, as
+        # re-evaluating the force at the same state need not reproduce its status bit for bit.
+        initial_energy, tolerance, energy, residual, result = jax.tree.map(
+            lambda old, new: jnp.where(carry.done, old, new),
+            (carry.initial_energy, carry.tolerance, carry.energy, carry.residual, carry.result),
+            (initial_energy, tolerance, energy, residual, result),
+        )
+        done = carry.done | done
         trajectory = carry.trajectory
         if trajectory is not None:
             trajectory = trajectory.at[carry.step].set(energy)
@@ -196,7 +225,16 @@ def relax(
         done=jnp.zeros((), bool),
         trajectory=trajectory,
     )
-    carry = lax.while_loop(lambda c: ~c.done, body, carry)
+    if rtol is None:
+        # `max_steps` steps and a last evaluation. A static trip count lowers to a scan, which
+        # reverse-mode autodiff can differentiate.
+        carry = lax.fori_loop(0, max_steps + 1, lambda _, c: body(c), carry)
+    else:
+        # The number of steps depends on the values. A checkpointed loop would differentiate
+        # in reverse mode but not in forward mode, so reverse mode gets an error that says
+        # what to do instead of JAX's.
+        carry = lax.while_loop(lambda c: ~c.done, body, carry)
+        carry = eqxi.nondifferentiable_backward(carry, msg=_TOLERANCE_NOT_REVERSE_DIFFERENTIABLE)
     stats = RelaxationStats(
         num_steps=carry.step,
         initial_energy=carry.initial_energy,

@@ -3,8 +3,9 @@
 Node `i`'s error is final after `final_step_i` steps (its longest path of nodes to the loss);
 the loss is level 0. Every parent of a level-`t` node is on a level above `t`, so the levels
 can be processed from the loss outwards, each node's local VJP evaluated once, when its error
-is final: the exact (wavefront) schedule. Z-IL's relaxation uses the same cut to read each
-parent at the delay that makes every path to the loss equally long.
+is final: backprop's schedule over the value nodes (the wavefront schedule). Z-IL's relaxation
+uses the same cut to read each parent at the delay that makes every path to the loss equally
+long.
 """
 
 from collections.abc import Sequence
@@ -106,36 +107,23 @@ def predict_level(
 class Wavefront(NamedTuple):
     grads: list[jax.Array]
     errors: list[jax.Array]
-    # The energy after each level's errors are in (index t: levels 0..t), loss first.
-    energies: jax.Array
 
 
 def wavefront(graph: Graph, params, data, feedforward) -> Wavefront:
-    """Backprop's schedule in predictive-coding terms: from the loss outwards, each level's
-    local VJP is evaluated once at the feedforward values with its nodes' final
-    `-p_i eps_i`, and the result is added to its parents' pulled-back errors and to its
-    parameters' gradients. The errors are FPA's equilibrium (`eps_i = -b_i / p_i`, `b_i`
-    the pulled-back sum), reached after `graph.depth` levels."""
+    """Backprop's schedule over the value nodes: from the loss outwards, each level's local
+    VJP is evaluated once at the feedforward values with its nodes' final `-p_i eps_i`, and
+    the result is added to its parents' pulled-back errors and to its parameters' gradients.
+    The errors are FPA's equilibrium (`eps_i = -b_i / p_i`, `b_i` the pulled-back sum),
+    reached after `graph.depth` levels, with no relaxation step."""
     precisions = graph.precisions()
     values = feedforward.values
     pulled: list[Any] = [None] * len(values)
     grads: list[Any] = [None] * len(params)
-    # Each level's share of the energy; their running sum is the energy after each level (a
-    # cumulative sum, since summing all earlier terms anew at each level grows the program
-    # quadratically with depth).
-    increments = []
     for level in levels(graph):
         if level.step == 0:
             cotangents = [jnp.ones_like(feedforward.loss)]
-            increments.append(feedforward.loss)
         else:
             cotangents = [_zeros_if_none(pulled[k], values[k]) for k in level.nodes]
-            increments.append(
-                sum(
-                    jnp.sum(c**2) / (2 * precisions[k])
-                    for k, c in zip(level.nodes, cotangents, strict=True)
-                )
-            )
 
         def local(parent_values, level_params, level=level):
             return predict_level(
@@ -152,9 +140,7 @@ def wavefront(graph: Graph, params, data, feedforward) -> Wavefront:
             grads[k] = g if grads[k] is None else grads[k] + g
     errors = [-_zeros_if_none(b, v) / p for b, v, p in zip(pulled, values, precisions, strict=True)]
     grads = [_zeros_if_none(g, p) for g, p in zip(grads, params, strict=True)]
-    dtype = jnp.result_type(*increments)
-    energies = jnp.cumsum(jnp.stack([jnp.asarray(i, dtype) for i in increments]))
-    return Wavefront(grads, errors, energies)
+    return Wavefront(grads, errors)
 
 
 def _zeros_if_none(x, like):

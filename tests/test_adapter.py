@@ -15,6 +15,7 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "layout, strides, padding, rhs_dilation",
     list(

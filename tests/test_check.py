@@ -8,6 +8,7 @@ from helpers import tanh_mlp, with_aux
 import pcgraph
 
 
+@pytest.mark.slow
 def test_fpa_report_is_exact(x64):
     fn, args, _ = tanh_mlp(jax.random.PRNGKey(0), jnp.float64, mark=True)
     report = pcgraph.check_grad(fn, *args)
@@ -27,6 +28,7 @@ def test_il_report_shows_the_approximation(x64):
     report.assert_close(rtol=1.0, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_report_table():
     fn, args, _ = tanh_mlp(jax.random.PRNGKey(2), jnp.float32)
     lines = str(pcgraph.check_grad(fn, *args)).splitlines()

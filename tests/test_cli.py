@@ -205,6 +205,7 @@ def _console_script() -> str:
     return str(script)
 
 
+@pytest.mark.slow
 def test_console_script_entry_point(problems):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     version = subprocess.run(

@@ -1,11 +1,11 @@
 """Equilibrium propagation, contrastive Hebbian learning and the energy-based interface.
 
-Seed 002: PC, EqProp and CHL all approximate backprop because the free phase sits at an
-equilibrium and the nudge is infinitesimal. On the PC energy of a traced function the free phase
-is the feedforward pass, one-sided EqProp is IL, and the error against `jax.grad` is O(beta)
-(one-sided) or O(beta^2) (symmetric); CHL is the exact gradient of a different (contrastive)
-objective. On the Hopfield energy EqProp approaches the implicit gradient of the loss at the free
-equilibrium.
+Millidge, Song, Salvatori, Lukasiewicz & Bogacz (2023): PC, EqProp and CHL all approximate
+backprop because the free phase sits at an equilibrium and the nudge is infinitesimal. On the
+PC energy of a traced function the free phase is the feedforward pass, one-sided EqProp is IL,
+and the error against `jax.grad` is O(beta) (one-sided) or O(beta^2) (symmetric); CHL is the
+exact gradient of a different (contrastive) objective. On the Hopfield energy EqProp approaches
+the implicit gradient of the loss at the free equilibrium.
 
 `python tests/test_eqprop.py` redraws docs/figures/eqprop_beta_sweep.png and prints the table of
 fitted slopes in docs/energy-based.md.
@@ -66,7 +66,9 @@ def _sweep(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return estimate(jnp.asarray(betas))
 
     def il(beta):
-        return _flat(pcgraph.grad(fn, algorithm=pcgraph.IL(beta=float(beta), **TIGHT))(*args))
+        # The same Euler steps as EqProp's phases, so that both stop at the same equilibrium.
+        il = pcgraph.IL(beta=float(beta), stepper=pcgraph.Euler(0.1), **TIGHT)
+        return _flat(pcgraph.grad(fn, algorithm=il)(*args))
 
     chl = sweep(lambda b: CHL(beta=b, **TIGHT))
     estimates = {
@@ -82,6 +84,7 @@ def _sweep(name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 # -- the PC energy: the free phase is the feedforward pass ---------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [tanh_mlp, small_cnn])
 def test_free_phase_of_the_pc_energy_is_the_feedforward_pass(model, x64):
     fn, args, _ = model(jax.random.PRNGKey(1), jnp.float64, mark=True)
@@ -127,6 +130,7 @@ def test_one_sided_eqprop_is_il_on_the_pc_energy(x64):
 # -- the beta sweeps on the PC energy --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     ["tanh_mlp", pytest.param("small_cnn", marks=pytest.mark.slow)],  # ~30 s
@@ -152,6 +156,50 @@ def test_estimator_errors_over_a_beta_sweep(name, x64):
     assert np.all(chl > 0.25), chl
 
 
+def _tanh_softplus(dtype=jnp.float64):
+    """A 4-6-5-3 network, tanh then softplus, with a squared error over a batch of 8."""
+    sizes = (4, 6, 5, 3)
+    params = [
+        {"w": _random(i, (m, n), 1 / np.sqrt(m)), "b": _random(10 + i, (n,), 0.1)}
+        for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+    ]
+    x, y = _random(20, (8, 4)), _random(21, (8, 3))
+
+    def loss(params, x, y):
+        h = pcgraph.node(jnp.tanh(x @ params[0]["w"] + params[0]["b"]), name="h1")
+        h = pcgraph.node(jax.nn.softplus(h @ params[1]["w"] + params[1]["b"]), name="h2")
+        return jnp.mean((h @ params[2]["w"] + params[2]["b"] - y) ** 2)
+
+    return loss, jax.tree.map(lambda a: a.astype(dtype), (params, x, y))
+
+
+@pytest.mark.slow
+def test_default_tolerance_keeps_the_estimators_order_over_a_beta_sweep(x64):
+    """With the default settings (only beta varied) every phase relaxes to a tolerance that
+    keeps the relaxations' error below the estimator's own, O(beta) one-sided and O(beta^2)
+    symmetric, stopping well before `max_steps`."""
+    fn, args = _tanh_softplus()
+    reference = _flat(jax.grad(fn)(*args))
+    betas = np.logspace(-4, 0, 5)
+
+    @jax.vmap
+    def estimate(beta):
+        one_sided = pcgraph.relax(fn, *args, algorithm=EqProp(beta=beta))
+        symmetric = pcgraph.relax(fn, *args, algorithm=EqProp(beta=beta, symmetric=True))
+        steps = jnp.stack([p.num_steps for p in (*one_sided.stats.phases, *symmetric.stats.phases)])
+        return _flat(one_sided.grads), _flat(symmetric.grads), steps
+
+    one_sided, symmetric, steps = estimate(jnp.asarray(betas))
+    one_sided, symmetric = (_relative_errors(e, reference) for e in (one_sided, symmetric))
+    # Measured: slopes 0.98 and 2.01, errors 3e-5 and 6e-9 at beta = 1e-4. There the symmetric
+    # error meets the relaxations' (about rtol / 2 = 7e-9; the slope from 1e-4 is 1.83).
+    assert 0.8 < _slope(betas, one_sided) < 1.2, one_sided
+    assert 1.7 < _slope(betas[1:], symmetric[1:]) < 2.3, symmetric
+    assert one_sided[0] < 1e-4 and symmetric[0] < 3e-8
+    # About 380 steps per nudged phase here, against the 10_000 allowed.
+    assert int(jnp.max(steps)) < 1000, steps
+
+
 def _deep_linear(batch=6):
     params = [_random(0, (5, 6), 0.5), _random(1, (6, 6), 0.5), _random(2, (6, 3), 0.5)]
     x, y = _random(3, (batch, 5)), _random(4, (batch, 3))
@@ -164,7 +212,7 @@ def _deep_linear(batch=6):
     def contrastive_objective(params, beta):
         """min_z F_beta - min_z E for the linear-Gaussian network: 1/2 sum r^T C^-1 r with
         C = S + (batch / beta) I, S = sum_l A_l A_l^T over the maps A_l from node l to the
-        output (seed 001's closed form at beta = batch)."""
+        output (the closed form of Innocenti et al. 2025 at beta = batch)."""
         w1, w2, w3 = params
         residual = y - x @ w1 @ w2 @ w3
         covariance = (w2 @ w3).T @ (w2 @ w3) + w3.T @ w3 + batch / beta * jnp.eye(3)
@@ -173,11 +221,12 @@ def _deep_linear(batch=6):
     return loss, (params, x, y), contrastive_objective
 
 
+@pytest.mark.slow
 def test_chl_is_the_gradient_of_the_contrastive_objective(x64):
     """On a deep linear PC network the contrastive objective has a closed form: CHL(beta)
     equals its gradient and the clamped phase's energy its value, for a weak nudge, for
-    beta = batch size (where it is seed 001's equilibrium energy) and for a strong clamp. Its
-    direction drifts from the loss gradient as the clamp tightens, towards that of
+    beta = batch size (where it is the equilibrium energy of Innocenti et al. 2025) and for a
+    strong clamp. Its direction drifts from the loss gradient as the clamp tightens, towards that of
     J_inf = 1/2 sum r^T S^-1 r, which is not parallel to it."""
     fn, args, objective = _deep_linear()
     betas = jnp.array([1.0, 6.0, 100.0])
@@ -253,6 +302,7 @@ class _LinearGaussian(AbstractEnergy):
         return jnp.linalg.solve(stiffness, (inputs @ w + beta * targets @ v.T).T).T
 
 
+@pytest.mark.slow
 def test_a_user_energy_through_the_ebm_interface(x64):
     """A user-defined energy: the relaxed equilibria and both estimators match the closed form
     at a large nudge, and approach the loss gradient as beta -> 0 (symmetric much faster)."""
@@ -321,6 +371,7 @@ def _implicit_gradient(model, params, x, y, state):
     return jax.grad(lambda p: -energy_grad(flat, p) @ adjoint)(params), residual
 
 
+@pytest.mark.slow
 def test_hopfield_eqprop_approaches_the_implicit_gradient_under_jit(x64):
     model, params, x, y = _hopfield(1)
     stepper = pcgraph.Euler(0.5)
@@ -343,13 +394,16 @@ def test_hopfield_eqprop_approaches_the_implicit_gradient_under_jit(x64):
     finite_difference = (loss(1e-6) - loss(-1e-6)) / 2e-6
     np.testing.assert_allclose(finite_difference, flat_reference @ _flat(direction), rtol=1e-6)
 
-    betas = jnp.array([1e-4, 1e-3, 1e-2])
+    # The estimates with the default tolerance (and a throw under jit if it is missed). It is
+    # relative to the nudge at the zero state where the free phase starts (at zero energy),
+    # `beta * max|y|`; the relaxations' error (a few 1e-8 here) stays below the estimators'.
+    betas = jnp.array([1e-3, 1e-2, 1e-1])
 
     @jax.jit
     @jax.vmap
     def estimates(beta):
-        one_sided = EqProp(beta=beta, stepper=stepper, **TIGHT)
-        symmetric = EqProp(beta=beta, symmetric=True, stepper=stepper, **TIGHT)
+        one_sided = EqProp(beta=beta, stepper=stepper)
+        symmetric = EqProp(beta=beta, symmetric=True, stepper=stepper)
         return (
             _flat(ebm_grad(model, algorithm=one_sided)(params, x, y)),
             _flat(ebm_grad(model, algorithm=symmetric)(params, x, y)),
@@ -358,7 +412,7 @@ def test_hopfield_eqprop_approaches_the_implicit_gradient_under_jit(x64):
     one_sided, symmetric = (_relative_errors(e, flat_reference) for e in estimates(betas))
     assert 0.8 < _slope(betas, one_sided) < 1.2, one_sided
     assert 1.7 < _slope(betas, symmetric) < 2.3, symmetric
-    assert np.all(symmetric < one_sided) and symmetric[0] < 1e-6
+    assert np.all(symmetric < one_sided) and symmetric[0] < 2e-6
 
 
 def test_hopfield_saturated_units_sit_exactly_on_the_bounds(x64):
@@ -377,6 +431,7 @@ def test_hopfield_saturated_units_sit_exactly_on_the_bounds(x64):
 # -- statistics, errors and the entry points ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stats_name_the_failing_phase(x64):
     model, params, x, y = _hopfield(0)
     algorithm = EqProp(beta=0.1, symmetric=True, rtol=1e-12, max_steps=3)
@@ -390,9 +445,24 @@ def test_stats_name_the_failing_phase(x64):
     assert all(p.result == pcgraph.RESULTS.max_steps_reached for p in stats.phases)
     assert int(stats.total_steps) == 9 and stats.energy_trajectory.shape == (4,)
     # All phases succeed: the summary is the first nudged phase.
-    solution = ebm_relax(model, params, x, y, algorithm=EqProp(beta=0.1, max_steps=20))
+    solution = ebm_relax(model, params, x, y, algorithm=EqProp(beta=0.1))
     assert float(solution.stats.energy) == float(solution.stats.phases[1].energy)
     assert len(solution.nudged_states) == 1 and bool(solution.stats.converged)
+
+
+def test_an_unreachable_default_tolerance_raises(x64):
+    """The defaults never return an unconverged gradient. In float32 the force of a nudge of
+    beta = 1e-4 is near round-off, and the default tolerance, a fraction of it, is out of
+    reach at any number of steps; a step budget too small for the tolerance raises too."""
+    fn, args = _tanh_softplus(jnp.float32)
+    with pytest.raises(
+        pcgraph.RelaxationError,
+        match=r"not reach its tolerance within `max_steps`.*nudged \+beta phase.*round-off",
+    ):
+        pcgraph.grad(fn, algorithm=EqProp(beta=1e-4))(*args)
+    model, params, x, y = _hopfield(0)
+    with pytest.raises(pcgraph.RelaxationError, match=r"within `max_steps`.*the free phase"):
+        ebm_grad(model, algorithm=CHL(max_steps=20))(params, x, y)
 
 
 def test_pc_path_under_jit_and_with_check_grad(x64):
@@ -413,6 +483,9 @@ def test_pc_path_under_jit_and_with_check_grad(x64):
         (lambda: EqProp(symmetric=1), TypeError, "True or False"),
         (lambda: EqProp(max_steps=0), ValueError, "positive int"),
         (lambda: CHL(max_energy_increase=-1.0), ValueError, "None"),
+        (lambda: EqProp(rtol=-1e-6), ValueError, "rtol"),
+        (lambda: CHL(rtol="tight"), ValueError, "'auto'"),
+        (lambda: EqProp(atol=float("inf")), ValueError, "atol"),
     ],
 )
 def test_bad_settings(make, error, match):

@@ -1,5 +1,5 @@
-"""How PC gradients approach backprop: FPA's error wavefront, seed 004's branching toy, and IL's
-O(beta) bias."""
+"""How PC gradients approach backprop: FPA's error wavefront, the branching toy of Millidge,
+Tschantz & Buckley (2022), and IL's O(beta) bias."""
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +16,21 @@ from helpers import (
 import pcgraph
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [tanh_mlp, residual_block])
 def test_fpa_wavefront_is_exact_after_depth_steps(model, x64):
     """With step size 1 the error at distance d from the loss is first non-zero at step d, and
     the gradient is exact after exactly `graph.depth` steps (not before)."""
     fn, args, _ = model(jax.random.PRNGKey(0), jnp.float64)
-    graph = pcgraph.trace(fn, *args)
+    # The finest graph: one node per primitive, so the wavefront has several steps to take.
+    graph = pcgraph.trace(fn, *args, placement=pcgraph.Primitives())
     distances = {info.name: info.distance for info in graph.nodes}
     reference = jax.grad(fn)(*args)
     assert graph.depth >= 4
     for steps in range(graph.depth + 2):
-        solution = pcgraph.relax(fn, *args, algorithm=pcgraph.FPA(max_steps=steps))
+        solution = pcgraph.relax(
+            fn, *args, algorithm=pcgraph.FPA(max_steps=steps), placement=pcgraph.Primitives()
+        )
         assert int(solution.stats.num_steps) == steps
         for name, error in solution.errors.items():
             nonzero = bool(jnp.any(error != 0))
@@ -62,7 +66,7 @@ def test_branching_graph_distances():
     assert graph.depth == 3
 
 
-def _seed004_toy(theta, y0, target=1.0):
+def _branching_toy(theta, y0, target=1.0):
     y1 = pcgraph.node(theta * y0, name="y1")
     y2 = pcgraph.node(jnp.sqrt(y1), name="y2")
     y3 = pcgraph.node(y0**2, name="y3")
@@ -70,14 +74,15 @@ def _seed004_toy(theta, y0, target=1.0):
     return (target - y4) ** 2
 
 
-def test_seed004_branching_toy_errors_converge_to_autodiff(x64):
-    """Millidge et al.'s toy: y0 = 5, theta = 2, T = 1, step size 0.02, 500 steps. The PC
-    errors converge to minus the autodiff gradients of the loss with respect to each node."""
+def test_branching_toy_errors_converge_to_autodiff(x64):
+    """The toy of Millidge, Tschantz & Buckley (2022): y0 = 5, theta = 2, T = 1, step size 0.02, 500
+    steps. The PC errors converge to minus the autodiff gradients of the loss with respect to each
+    node."""
     theta, y0 = jnp.float64(2.0), jnp.float64(5.0)
 
     def relaxed(steps):
         algorithm = pcgraph.FPA(stepper=pcgraph.Euler(0.02), max_steps=steps)
-        return pcgraph.relax(_seed004_toy, theta, y0, argnums=(0, 1), algorithm=algorithm)
+        return pcgraph.relax(_branching_toy, theta, y0, argnums=(0, 1), algorithm=algorithm)
 
     def perturbed(deltas):
         y1 = theta * y0 + deltas[0]
@@ -94,10 +99,11 @@ def test_seed004_branching_toy_errors_converge_to_autodiff(x64):
         gaps.append(float(jnp.max(jnp.abs(errors + node_grads) / jnp.abs(node_grads))))
     assert gaps[0] > gaps[1] > gaps[2], gaps
     np.testing.assert_allclose(errors, -node_grads, rtol=5e-3)
-    reference = jax.grad(_seed004_toy, argnums=(0, 1))(theta, y0)
+    reference = jax.grad(_branching_toy, argnums=(0, 1))(theta, y0)
     np.testing.assert_allclose(solution.grads, reference, rtol=5e-3)
 
 
+@pytest.mark.slow
 def test_il_error_shrinks_linearly_in_beta(x64):
     fn, args, _ = relu_mlp_cross_entropy(jax.random.PRNGKey(2), jnp.float64, mark=True)
     reference = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(jax.grad(fn)(*args))])

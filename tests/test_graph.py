@@ -8,13 +8,13 @@ from helpers import custom_derivatives, nested_jit, residual_block, tanh_mlp
 import pcgraph
 
 
-def test_default_granularity_folds_structural_ops():
+def test_primitive_granularity_folds_structural_ops():
     def fn(w, x):
         h = jnp.reshape(x @ w, (-1,))
         h = jnp.tanh(h.astype(jnp.float32)).reshape(2, 3).T
         return jnp.sum(jnp.broadcast_to(h, (4, 3, 2)))
 
-    graph = pcgraph.trace(fn, jnp.ones((3, 3)), jnp.ones((2, 3)))
+    graph = pcgraph.trace(fn, jnp.ones((3, 3)), jnp.ones((2, 3)), placement=pcgraph.Primitives())
     assert [info.op for info in graph.nodes] == ["dot_general", "tanh"]
     assert graph.nodes[1].parents == ("dot_general_0",)
 
@@ -24,7 +24,7 @@ def test_data_only_computation_is_not_a_node():
         features = jnp.exp(x) * 2.0
         return jnp.sum(jnp.sin(features * w))
 
-    graph = pcgraph.trace(fn, jnp.ones(3), jnp.ones(3))
+    graph = pcgraph.trace(fn, jnp.ones(3), jnp.ones(3), placement=pcgraph.Primitives())
     assert [info.op for info in graph.nodes] == ["mul", "sin"]
 
 
@@ -73,13 +73,13 @@ def test_node_marks_pytrees():
 
 def test_nested_jit_is_inlined():
     fn, args, _ = nested_jit(jax.random.PRNGKey(1), jnp.float32)
-    ops = {info.op for info in pcgraph.trace(fn, *args).nodes}
+    ops = {info.op for info in pcgraph.trace(fn, *args, placement=pcgraph.Primitives()).nodes}
     assert "jit" not in ops and {"dot_general", "tanh"} <= ops
 
 
 def test_custom_derivatives_are_single_opaque_nodes():
     fn, args, _ = custom_derivatives(jax.random.PRNGKey(2), jnp.float32)
-    ops = [info.op for info in pcgraph.trace(fn, *args).nodes]
+    ops = [info.op for info in pcgraph.trace(fn, *args, placement=pcgraph.Primitives()).nodes]
     assert ops.count("custom_jvp_call") == 3  # relu, softplus's logaddexp, custom logsumexp
     assert ops.count("custom_vjp_call") == 1
     assert "max" not in ops  # relu's body stays inside its node
@@ -90,7 +90,8 @@ def test_summary_and_repr():
     graph = pcgraph.trace(fn, *args)
     text = graph.summary()
     assert text.splitlines()[0] == (
-        f"Graph: {len(graph.nodes)} value nodes, depth {graph.depth}, 3 parameter leaves"
+        f"Graph: {len(graph.nodes)} value nodes, depth {graph.depth}, 3 parameter leaves, "
+        "placement: layers"
     )
     header = text.splitlines()[1].split()
     assert header == ["#", "name", "op", "shape", "precision", "dist", "final", "parents"]
@@ -112,7 +113,9 @@ def test_trace_accepts_argnums_and_has_aux():
     def fn(a, b):
         return jnp.sum(jnp.sin(a) * b), {"norm": jnp.linalg.norm(a)}
 
-    graph = pcgraph.trace(fn, jnp.ones(2), jnp.ones(2), argnums=(0, 1), has_aux=True)
+    graph = pcgraph.trace(
+        fn, jnp.ones(2), jnp.ones(2), argnums=(0, 1), has_aux=True, placement=pcgraph.Primitives()
+    )
     assert graph.param_names == ("[0]", "[1]")
     assert [info.op for info in graph.nodes] == ["sin", "mul"]
 

@@ -57,6 +57,7 @@ def _linear_network(key, depth, width, skip, precisions, output_precision, batch
 # -- (a) closed-form equilibrium of deep linear networks ------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "depth, width, skip, output_precision, hidden_precisions",
     [
@@ -102,9 +103,9 @@ def test_relaxation_reproduces_closed_form_equilibrium(
 
 
 def test_closed_form_energy_is_design_formula_for_plain_chain(x64):
-    """DESIGN §1: F* = 1/2 sum_i r_i^T S^-1 r_i, r_i = y_i - W_{L:1} x_i,
-    S = I + sum_{l=2..L} W_{L:l} W_{L:l}^T, written out in numpy, independently of the
-    implementation."""
+    """The closed form of Innocenti et al. (2025): F* = 1/2 sum_i r_i^T S^-1 r_i,
+    r_i = y_i - W_{L:1} x_i, S = I + sum_{l=2..L} W_{L:l} W_{L:l}^T, written out in numpy,
+    independently of the implementation."""
     rng = np.random.default_rng(7)
     sizes = [4, 6, 5, 6, 3]
     weights = [rng.normal(size=(m, n)) / np.sqrt(n) for n, m in zip(sizes[:-1], sizes[1:])]
@@ -134,6 +135,7 @@ def _unit_rms(states):
     return np.array([float(jnp.sqrt(jnp.mean(z**2))) for z in states])
 
 
+@pytest.mark.slow
 def test_mupc_activities_stay_order_one_and_sp_explode():
     """Bounds: under muPC every hidden layer's per-unit RMS is within [0.5, 2] for inputs of
     unit RMS, at 8, 32 and 128 hidden layers (theory: it grows from 1 to about
@@ -161,6 +163,7 @@ def _identity_chain_condition(depth: int) -> float:
     return (math.sin((2 * depth - 1) * angle / 2) / math.sin(angle / 2)) ** 2
 
 
+@pytest.mark.slow
 def test_activity_hessian_condition_number_sp_vs_mupc(x64):
     """Width 8, one example, median over 3 seeds. muPC's condition number stays within a factor
     1 to 4 of the bare identity chain's, which grows only quadratically (about
@@ -291,7 +294,7 @@ def test_parameterisation_constants(parameterisation):
     assert jax.tree.leaves(model) == list(model.weights)
     assert len(model.scalings) == num_layers
 
-    # The forward pass is exactly DESIGN §1's, with the constants written out.
+    # The forward pass is exactly that of Innocenti et al. (2025), with the constants written out.
     x = jax.random.normal(jax.random.PRNGKey(1), (3, in_size))
     w = model.weights
     z = expected[0] * x @ w[0].T
@@ -347,6 +350,7 @@ def test_fpa_gradient_equals_jax_grad(parameterisation, dtype):
     assert_grads_close(pcgraph.grad(_mse)(model, x, y), jax.grad(_mse)(model, x, y), RTOL[dtype])
 
 
+@pytest.mark.slow
 def test_il_trains_a_deep_mupc_network(x64):
     """IL relaxes a 12-layer muPC network to a tolerance; its gradient points along backprop's
     (small beta), and a few optax steps with it lower the loss. (The residual chain's activity

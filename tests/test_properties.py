@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, assume, given, note, settings, strategies as st
 
 import pcgraph
@@ -32,6 +33,8 @@ MAX_WIDTH = 6
 #: Concatenation may widen a value up to this.
 MAX_CONCAT_WIDTH = 8
 RTOL = 1e-9
+#: The finest graph: the most nodes, and the most paths of unequal length to the loss.
+PRIMITIVES = pcgraph.Primitives()
 
 
 def _settings(max_examples: int):
@@ -423,9 +426,12 @@ def _run(program: Program, solve):
         return _compile(lowered)(params, x)
 
 
+@pytest.mark.slow
 @_settings(NUM_EXAMPLES)
 @given(programs())
 def test_fpa_equals_jax_grad_on_random_programs(program):
+    """With the default placement: one node per layer."""
+
     def solve(loss, params, x):
         pc = pcgraph.grad(loss, program.argnums)(params, x)
         return pc, jax.grad(loss, program.argnums)(params, x)
@@ -434,6 +440,19 @@ def test_fpa_equals_jax_grad_on_random_programs(program):
     _assert_same_grads(pc, reference)
 
 
+@pytest.mark.slow
+@_settings(NUM_SECONDARY_EXAMPLES)
+@given(programs())
+def test_fpa_equals_jax_grad_on_random_programs_per_primitive(program):
+    def solve(loss, params, x):
+        pc = pcgraph.grad(loss, program.argnums, placement=pcgraph.Primitives())(params, x)
+        return pc, jax.grad(loss, program.argnums)(params, x)
+
+    pc, reference = _run(program, solve)
+    _assert_same_grads(pc, reference)
+
+
+@pytest.mark.slow
 @_settings(NUM_SECONDARY_EXAMPLES)
 @given(programs(skip=True), st.data())
 def test_fpa_is_exact_after_depth_steps_on_unequal_branches(program, data):
@@ -442,7 +461,7 @@ def test_fpa_is_exact_after_depth_steps_on_unequal_branches(program, data):
     gradient is exact after `graph.depth` steps and stays exact."""
     with jax.enable_x64(True):
         loss, (params, x) = program.build(), program.arguments()
-        graph = pcgraph.trace(loss, params, x, argnums=program.argnums)
+        graph = pcgraph.trace(loss, params, x, argnums=program.argnums, placement=PRIMITIVES)
     note(graph.summary())
     assume(any(info.distance < info.final_step for info in graph.nodes))
     depth = graph.depth
@@ -452,7 +471,12 @@ def test_fpa_is_exact_after_depth_steps_on_unequal_branches(program, data):
     def solve(loss, params, x):
         return [
             pcgraph.relax(
-                loss, params, x, argnums=program.argnums, algorithm=pcgraph.FPA(max_steps=k)
+                loss,
+                params,
+                x,
+                argnums=program.argnums,
+                algorithm=pcgraph.FPA(max_steps=k),
+                placement=PRIMITIVES,
             )
             for k in (early, depth, late)
         ] + [jax.grad(loss, program.argnums)(params, x)]
@@ -473,6 +497,7 @@ def test_fpa_is_exact_after_depth_steps_on_unequal_branches(program, data):
             _assert_close(at_early.errors[info.name], final, info.name, scale_floor=0.0)
 
 
+@pytest.mark.slow
 @_settings(NUM_SECONDARY_EXAMPLES)
 @given(programs(marks=True))
 def test_fpa_equals_jax_grad_with_random_node_marks(program):

@@ -18,7 +18,7 @@ def marked_mlp(x64):
 
 def test_fixed_steps_and_energy_trajectory(marked_mlp, x64):
     fn, args = marked_mlp
-    algorithm = pcgraph.IL(max_steps=40, rtol=None)
+    algorithm = pcgraph.IL(stepper=pcgraph.Euler(0.1), max_steps=40, rtol=None)
     solution = pcgraph.relax(fn, *args, algorithm=algorithm, save_energy=True)
     stats = solution.stats
     trajectory = np.asarray(stats.energy_trajectory)
@@ -70,7 +70,7 @@ def test_optax_sgd_stepper_equals_euler(marked_mlp, x64):
 def test_optax_momentum_stepper_reaches_the_same_equilibrium(marked_mlp, x64):
     fn, args = marked_mlp
     tight = dict(beta=0.1, max_steps=20000, rtol=1e-9)
-    euler = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(**tight))
+    euler = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(stepper=pcgraph.Euler(0.1), **tight))
     stepper = pcgraph.OptaxStepper(optax.sgd(0.05, momentum=0.8))
     momentum = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(stepper=stepper, **tight))
     assert int(momentum.stats.num_steps) < int(euler.stats.num_steps)

@@ -43,6 +43,7 @@ def test_random_keys_inside_the_function(x64):
         pcgraph.grad(noisy, argnums=1)(w, key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("model", [tanh_mlp, small_cnn])
 def test_low_precision_matches_jax_grad_at_that_precision(model, dtype):
@@ -110,7 +111,7 @@ def test_diffrax_steppers_reach_the_il_equilibrium(stepper, rtol, equilibrium):
 
 def test_diffrax_euler_is_pcgraph_euler(equilibrium):
     fn, args, _ = equilibrium
-    ours = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(max_steps=25))
+    ours = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(stepper=pcgraph.Euler(0.1), max_steps=25))
     theirs = pcgraph.relax(
         fn,
         *args,
@@ -124,7 +125,7 @@ def test_adaptive_diffrax_needs_fewer_steps(equilibrium):
     controller = diffrax.PIDController(rtol=1e-9, atol=1e-11)
     tsit5 = pcgraph.DiffraxStepper(diffrax.Tsit5(), dt0=0.1, stepsize_controller=controller)
     settings = dict(beta=0.1, max_steps=20000, rtol=1e-6)
-    euler = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(**settings))
+    euler = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(stepper=pcgraph.Euler(0.1), **settings))
     adaptive = pcgraph.relax(fn, *args, algorithm=pcgraph.IL(stepper=tsit5, **settings))
     assert int(adaptive.stats.num_steps) < int(euler.stats.num_steps) / 3
 

@@ -100,6 +100,7 @@ def _reachable(name: str, computations: dict[str, str]) -> set[str]:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", [pcgraph.IL(), pcgraph.FPA()])
 def test_layers_built_alike_are_traced_once(monkeypatch, algorithm):
     """The prediction pass evaluates alike layers through one shared program, so JAX traces,

@@ -11,6 +11,9 @@ from helpers import RTOL, assert_grads_close, normal
 import pcgraph
 from pcgraph._graph import trace_flat
 
+#: One node per primitive: the carry chain and the head stay separate nodes.
+PRIMITIVES = pcgraph.Primitives()
+
 #: float32 in the quick run; float64 (another compilation of each program) with the slow tests.
 DTYPES = pytest.mark.parametrize(
     "dtype",
@@ -62,6 +65,7 @@ def _check(fn, args, dtype, argnums=0):
     assert_grads_close(pc, jax.grad(fn, argnums)(*args), RTOL[dtype])
 
 
+@pytest.mark.slow
 @DTYPES
 def test_rnn_fpa_matches_jax_grad(dtype):
     params = _rnn_params(jax.random.PRNGKey(0), dtype)
@@ -89,6 +93,7 @@ def test_stacked_nodes_and_summary():
     assert "7 x float32[2, 4]" in text and "7 x float32[2, 2]" in text
 
 
+@pytest.mark.slow
 def test_carry_chain_sets_depth_and_wavefront(x64):
     """With step size 1 the error needs one step per iteration to travel back along the carry:
     after s steps exactly the last s - 1 slices of the hidden state are non-zero, and the
@@ -96,7 +101,7 @@ def test_carry_chain_sets_depth_and_wavefront(x64):
     length = 6
     params = _rnn_params(jax.random.PRNGKey(2), jnp.float64)
     xs, y = _sequence(jax.random.PRNGKey(3), jnp.float64, length=length)
-    graph = pcgraph.trace(rnn_many_to_one, params, xs, y)
+    graph = pcgraph.trace(rnn_many_to_one, params, xs, y, placement=PRIMITIVES)
     (carry,) = [info for info in graph.nodes if info.iterations is not None]
     # loss <- ... head matmul at distance d_head; the last slice at d_head + 1, the first at
     # d_head + length.
@@ -106,7 +111,12 @@ def test_carry_chain_sets_depth_and_wavefront(x64):
     reference = jax.grad(rnn_many_to_one)(params, xs, y)
     for steps in (head.distance + 1, head.distance + 3, graph.depth - 1):
         solution = pcgraph.relax(
-            rnn_many_to_one, params, xs, y, algorithm=pcgraph.FPA(max_steps=steps)
+            rnn_many_to_one,
+            params,
+            xs,
+            y,
+            algorithm=pcgraph.FPA(max_steps=steps),
+            placement=PRIMITIVES,
         )
         error = solution.errors[carry.name]
         nonzero = [bool(jnp.any(error[t] != 0)) for t in range(length)]
@@ -224,7 +234,7 @@ def test_which_scans_are_lifted():
     xs, _ = _sequence(jax.random.PRNGKey(9), jnp.float32)
 
     def stacked(fn, **kwargs):
-        graph = pcgraph.trace(fn, params, xs, **kwargs)
+        graph = pcgraph.trace(fn, params, xs, placement=PRIMITIVES, **kwargs)
         return [(info.shape, info.iterations) for info in graph.nodes if info.op == "scan"]
 
     # lstm_like: h and c (the int counter carry is not a node; hs is h, read off its carry).

@@ -136,6 +136,7 @@ def results():
 CASES = ["FPA", "IL"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_sharded_gradient_equals_single_device(results, case):
     r = results[case]

@@ -29,8 +29,8 @@ def _init_std(parameterisation: str, fan_in: int) -> float:
 
 
 class ResidualMLP(eqx.Module):
-    """A bias-free residual MLP with `depth` hidden layers of `width` units (seed 001, DESIGN
-    §1), in one of three parameterisations.
+    """A bias-free residual MLP with `depth` hidden layers of `width` units (the network of
+    Innocenti et al. 2025, "μPC"), in one of three parameterisations.
 
     With `L = depth + 1` weight matrices `W_1` (`width x in_size`), `W_2, ..., W_{L-1}`
     (`width x width`) and `W_L` (`out_size x width`), multipliers `a_l` and activation `phi`:

@@ -45,8 +45,8 @@ def activity_hessian(
     `F` (IL's relaxation with `pcgraph.Euler`) converges at a rate set by this Hessian: it is
     stable for step sizes below `2 / lambda_max`, and each step shrinks the slowest direction
     by `1 - step * lambda_min`, so about `condition_number` steps are needed per e-fold. This
-    is the diagnostic of seed 001: the condition number of standard-parameterised deep
-    networks grows quickly with depth.
+    is the diagnostic of Innocenti et al. (2025): the condition number of
+    standard-parameterised deep networks grows quickly with depth.
 
     For a layered linear network the Hessian is block tridiagonal: diagonal blocks
     `p_l I + p_{l+1} M_{l+1}^T M_{l+1}` and off-diagonal blocks `-p_{l+1} M_{l+1}` (with the

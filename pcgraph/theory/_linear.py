@@ -79,8 +79,8 @@ def linear_equilibrium(
         eps_l* = G_l^T S^{-1} r_i / p_l,        F* = 1/2 r_i^T S^{-1} r_i,
 
     summed over the batch. With unit precisions `S = I + sum_{l=2}^{L} W_{L:l} W_{L:l}^T` in
-    the notation of DESIGN §1 (`W_{L:l} = M_L ... M_l`). The activities follow forwards:
-    `z_1 = M_1 x + eps_1`, `z_l = M_l z_{l-1} + eps_l`.
+    the notation of Innocenti et al. (2025) (`W_{L:l} = M_L ... M_l`). The activities follow
+    forwards: `z_1 = M_1 x + eps_1`, `z_l = M_l z_{l-1} + eps_l`.
 
     **Arguments:**
 
