@@ -13,7 +13,7 @@ prints the automatic graph's summary, each run's held-out accuracy, and the cosi
 IL's gradient and `jax.grad`'s at the start of training.
 
 Run:  pip install -e ".[examples]" && python examples/unchanged_models.py [--epochs 10]
-      (--quick: 3 epochs)
+      (--quick: 5 epochs)
 """
 
 import argparse
@@ -108,9 +108,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed for split, init and order")
-    parser.add_argument("--quick", action="store_true", help="3 epochs")
+    parser.add_argument("--quick", action="store_true", help="5 epochs")
     args = parser.parse_args()
-    epochs = 3 if args.quick else args.epochs
+    epochs = 5 if args.quick else args.epochs
     data = load_data(args.seed)
     model = CNN(jax.random.key(args.seed))
     x, y = data[0][:BATCH_SIZE], data[2][:BATCH_SIZE]
