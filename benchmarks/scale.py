@@ -221,7 +221,7 @@ def relax_fn(loss, algorithm, save_energy):
 
 
 def il(steps, **kwargs):
-    return pcgraph.IL(max_steps=steps, rtol=None, **kwargs)
+    return pcgraph.IL(stepper=pcgraph.Euler(0.1), max_steps=steps, rtol=None, **kwargs)
 
 
 def memory_methods(problem: Problem) -> dict[str, Callable]:

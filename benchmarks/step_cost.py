@@ -110,6 +110,7 @@ class Model(NamedTuple):
     loss: Callable
     args: tuple
     il_step_size: float = 0.1  # IL's Euler step; the cost of a step does not depend on it
+    placement: pcgraph.AbstractPlacement | None = None
 
 
 def make_models(dtype) -> dict[str, Model]:
@@ -141,8 +142,9 @@ def make_models(dtype) -> dict[str, Model]:
             f"{mlp_shapes}; no marks, every primitive result is a node",
             functools.partial(mlp_loss, marked=False),
             mlp_args,
-            # The loss's reduce_sum nodes have Jacobians with hundreds of ones, so IL's
-            # default Euler(0.1) diverges on this graph; 0.005 is stable.
+            placement=pcgraph.Primitives(),
+            # The loss's reduce_sum nodes have Jacobians with hundreds of ones, so Euler(0.1)
+            # diverges on this graph; 0.005 is stable.
             il_step_size=0.005,
         ),
         "cnn": Model(
@@ -168,7 +170,9 @@ def pc_algorithm(model: Model, algorithm: str, num_steps: int) -> pcgraph.Abstra
 
 def pc_solve(model: Model, algorithm: str, num_steps: int) -> Callable:
     alg = pc_algorithm(model, algorithm, num_steps)
-    return jax.jit(lambda *args: pcgraph.relax(model.loss, *args, algorithm=alg))
+    return jax.jit(
+        lambda *args: pcgraph.relax(model.loss, *args, algorithm=alg, placement=model.placement)
+    )
 
 
 def grad_loop(loss: Callable, k: int, lr: float = 1e-6) -> Callable:
@@ -432,7 +436,7 @@ def main(argv=None):
     rows = []
     for key in args.models:
         model = models[key]
-        graph = pcgraph.trace(model.loss, *model.args)
+        graph = pcgraph.trace(model.loss, *model.args, placement=model.placement)
         print(f"\n{model.name}: {model.shapes}")
         print(f"  graph: {len(graph.nodes)} value nodes, depth {graph.depth}", flush=True)
 
