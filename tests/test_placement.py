@@ -138,6 +138,29 @@ def test_il_defaults_converge_near_jax_grad(name, loss, diff, data, hidden):
     assert min(_cosines(solution.grads, jax.grad(loss)(diff, *data))) >= 0.99
 
 
+@pytest.mark.slow
+def test_automatic_layers_equal_hand_marks_for_nnx_mlp(x64):
+    """gelu reads its input more than once, so the layer's node is the pre-activation: the
+    same graph as marking `hidden(x)` by hand."""
+    x = normal(jax.random.key(1), (12, 16), jnp.float64)
+    y = _labels(12, 10, jnp.float64)
+    graphdef, state = nnx.split(_Nnx(nnx.Rngs(5)))
+    state = _cast(state, jnp.float64)
+
+    def automatic(s, x, y):
+        return _cross_entropy(nnx.merge(graphdef, s)(x), y)
+
+    def marked(s, x, y):
+        model = nnx.merge(graphdef, s)
+        h = pcgraph.node(model.hidden(x))
+        return _cross_entropy(model.out(jax.nn.gelu(h)), y)
+
+    assert [info.op for info in pcgraph.trace(automatic, state, x, y).nodes] == ["dot_general..add"]
+    a = pcgraph.grad(automatic, algorithm=pcgraph.IL())(state, x, y)
+    b = pcgraph.grad(marked, algorithm=pcgraph.IL())(state, x, y)
+    assert tree_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
 def _hand_marked_mlp(params, x, y):
     """The same MLP in plain JAX, each hidden activation marked by hand."""
     h = x
