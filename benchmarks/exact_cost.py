@@ -117,7 +117,7 @@ def step_algorithms(step_sizes, beta):
         ),
         "FPA": lambda s, k: pcgraph.FPA(stepper=pcgraph.Euler(s), max_steps=k, throw=False),
         "Z-IL": lambda s, k: pcgraph.ZIL(
-            schedule="relaxation", step_size=s, max_steps=k, throw=False
+            schedule=pcgraph.Relaxation(), step_size=s, max_steps=k, throw=False
         ),
     }
 

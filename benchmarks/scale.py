@@ -230,7 +230,9 @@ def memory_methods(problem: Problem) -> dict[str, Callable]:
         "jax.grad": jax.grad(loss),
         "FPA": pcgraph.grad(loss, algorithm=pcgraph.FPA()),
         "FPA (throw=False)": pcgraph.grad(loss, algorithm=pcgraph.FPA(throw=False)),
-        "FPA, wavefront schedule": pcgraph.grad(loss, algorithm=pcgraph.FPA(schedule="wavefront")),
+        "FPA, wavefront schedule": pcgraph.grad(
+            loss, algorithm=pcgraph.FPA(schedule=pcgraph.Wavefront())
+        ),
         "Z-IL": pcgraph.grad(loss, algorithm=pcgraph.ZIL()),
         "IL, 100 steps": pcgraph.grad(loss, algorithm=il(100)),
         "IL, 100 steps (throw=False)": pcgraph.grad(loss, algorithm=il(100, throw=False)),
@@ -339,7 +341,7 @@ def compile_methods(loss) -> dict[str, Callable[[], Callable]]:
         "jax.grad": lambda: jax.grad(fresh()),
         "FPA": lambda: pcgraph.grad(fresh(), algorithm=pcgraph.FPA()),
         "FPA, wavefront schedule": lambda: pcgraph.grad(
-            fresh(), algorithm=pcgraph.FPA(schedule="wavefront")
+            fresh(), algorithm=pcgraph.FPA(schedule=pcgraph.Wavefront())
         ),
         "Z-IL": lambda: pcgraph.grad(fresh(), algorithm=pcgraph.ZIL()),
         "IL": lambda: pcgraph.grad(fresh(), algorithm=il(100)),

@@ -47,7 +47,7 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 import pcgraph
-from pcgraph.nn import ResidualMLP
+from pcgraph.nn import MuPC, ResidualMLP, Standard
 from pcgraph.theory import activity_hessian
 
 BATCH_SIZE = 64
@@ -58,7 +58,7 @@ REACH_FRACTION = 1e-3  # an error this much smaller than the top layer's counts 
 MOVED_FRACTION = 1e-2  # a weight matrix counts as trained once it moved this far (relative)
 HESSIAN_WIDTH = 16  # the dense activity Hessian has (depth * width)^2 entries
 FIGURE = pathlib.Path(__file__).parent / "figures" / "deep_mupc.png"
-PARAMETERISATIONS = {"mupc": "muPC", "sp": "SP"}
+PARAMETERISATIONS = {MuPC(): "muPC", Standard(): "SP"}  # the runs, and their labels
 
 
 def load_data(seed: int):
@@ -240,7 +240,7 @@ def condition_numbers(depths, x, label, seed):
 
 def plot(results, readouts, conditions, depths, path: pathlib.Path):
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colors = {"mupc": "C0", "sp": "C3"}
+    colors = {MuPC(): "C0", Standard(): "C3"}
     for parameterisation, label in PARAMETERISATIONS.items():
         final = [results[parameterisation, d]["history"]["test"][-1] for d in depths]
         axes[0].plot(depths, final, "o-", color=colors[parameterisation], label=f"{label}, IL")
@@ -342,7 +342,8 @@ def main():
     print(f"{'hidden layers':>13} {'SP':>10} {'muPC':>10} {'identity chain':>15}")
     for depth in depths:
         print(
-            f"{depth:>13} {conditions['sp', depth]:>10.3g} {conditions['mupc', depth]:>10.3g} "
+            f"{depth:>13} {conditions[Standard(), depth]:>10.3g} "
+            f"{conditions[MuPC(), depth]:>10.3g} "
             f"{identity_chain_condition(depth):>15.3g}"
         )
     print(f"\nfigure: {FIGURE}")

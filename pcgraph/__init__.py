@@ -7,6 +7,12 @@ from ._algorithms import (
     IPC as IPC,
     ZIL as ZIL,
     AbstractAlgorithm as AbstractAlgorithm,
+    AbstractInit as AbstractInit,
+    AbstractSchedule as AbstractSchedule,
+    FeedforwardInit as FeedforwardInit,
+    RandomInit as RandomInit,
+    Relaxation as Relaxation,
+    Wavefront as Wavefront,
 )
 from ._check import (
     GradReport as GradReport,
@@ -15,6 +21,12 @@ from ._check import (
 )
 from ._cost import CostReport as CostReport, cost as cost
 from ._ebm import AbstractEnergy as AbstractEnergy, HopfieldEnergy as HopfieldEnergy
+from ._energy import (
+    AbstractNodeEnergy as AbstractNodeEnergy,
+    Bernoulli as Bernoulli,
+    Categorical as Categorical,
+    Gaussian as Gaussian,
+)
 from ._eqprop import (
     CHL as CHL,
     ContrastiveStats as ContrastiveStats,
@@ -33,7 +45,8 @@ from ._grad import (
     train_step as train_step,
     value_and_grad as value_and_grad,
 )
-from ._graph import Graph as Graph, NodeInfo as NodeInfo, trace as trace
+from ._graph import Graph as Graph, NodeInfo as NodeInfo
+from ._latents import Observed as Observed
 from ._node import node as node
 from ._placement import (
     AbstractPlacement as AbstractPlacement,
@@ -43,8 +56,10 @@ from ._placement import (
 )
 from ._relax import (
     RESULTS as RESULTS,
+    NodeTrajectory as NodeTrajectory,
     RelaxationError as RelaxationError,
     RelaxationStats as RelaxationStats,
+    SaveAt as SaveAt,
 )
 from ._steppers import (
     AbstractStepper as AbstractStepper,
@@ -53,10 +68,24 @@ from ._steppers import (
     Momentum as Momentum,
     OptaxStepper as OptaxStepper,
 )
+from ._trace import trace as trace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbstractNodeEnergy",
+    "AbstractInit",
+    "AbstractSchedule",
+    "FeedforwardInit",
+    "RandomInit",
+    "Relaxation",
+    "Wavefront",
+    "Bernoulli",
+    "Categorical",
+    "Gaussian",
+    "NodeTrajectory",
+    "Observed",
+    "SaveAt",
     "CHL",
     "AbstractEnergy",
     "ContrastiveStats",

@@ -3,27 +3,47 @@
 import abc
 import math
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 
+from . import _energy
+from ._energy import Gaussian, GraphEnergy, State
 from ._graph import Feedforward, Graph
-from ._relax import RESULTS, RelaxationStats, _max_abs, relax
+from ._readout import gaussian_cotangents, local_gradients
+from ._relax import RESULTS, RelaxationStats, SaveAt, _max_abs, relax
 from ._schedule import delays, levels, predict_level, wavefront
 from ._steppers import AbstractStepper, Euler, Momentum
 
 
 class Equilibrium(NamedTuple):
-    """Where a relaxation ended: node values, their errors, and the parameter gradients that
-    the local learning rule reads off them."""
+    """Where a relaxation ended: node values, their errors, the relaxed latent leaves, and
+    the parameter gradients that the local learning rule reads off them."""
 
     grads: list[jax.Array]
     values: list[jax.Array]
     errors: list[jax.Array]
     stats: RelaxationStats
+    latents: list[jax.Array] = []
+
+
+class Start(NamedTuple):
+    """Where a relaxation of values starts (the feedforward pass, or a warm start) and which
+    latent entries are observed (a mask per latent leaf, None where it is wholly free)."""
+
+    state: State
+    observed: list[Any]
+    warm: bool
+
+
+class Options(NamedTuple):
+    """What a solve records besides its result."""
+
+    save_energy: bool = False
+    saveat: SaveAt | None = None
 
 
 def _check_positive(name: str, value):
@@ -39,9 +59,41 @@ class AbstractAlgorithm(eqx.Module):
 
     @abc.abstractmethod
     def solve(
-        self, graph: Graph, params, data, feedforward: Feedforward, *, save_energy: bool
+        self, graph: Graph, params, data, feedforward: Feedforward, start: Start, options: Options
     ) -> Equilibrium:
-        """Relax `graph` from its feedforward pass and read off the parameter gradients."""
+        """Relax `graph` from `start` and read off the parameter gradients."""
+
+    #: Whether the algorithm relaxes node values and latents on the full energy, so that it
+    #: takes latents, warm starts and any node energy (Bernoulli, categorical, learned
+    #: precision); the others hold Gaussian errors around the feedforward pass.
+    relaxes_values: ClassVar[bool] = False
+
+    def check_supported(self, graph: Graph, start: Start, options: Options):
+        """Refuse what this algorithm cannot relax, naming the algorithm that can."""
+        name = type(self).__name__
+        fix = "Use pcgraph.IL() (or IPC with train_step), which relaxes the values on the energy."
+        if self.relaxes_values:
+            return
+        if start.state.latents:
+            raise ValueError(
+                f"pcgraph.{name} cannot infer latents: it holds the errors around the "
+                f"feedforward pass, where a latent has no prediction to be held to. {fix}"
+            )
+        if start.warm:
+            raise ValueError(
+                f"pcgraph.{name} starts from the feedforward pass and takes no `init=`. {fix}"
+            )
+        for info in graph.nodes:
+            if not isinstance(info.energy, Gaussian):
+                raise ValueError(
+                    f"pcgraph.{name} linearises Gaussian errors, but node `{info.name}` has a "
+                    f"{info.energy.describe} energy. {fix}"
+                )
+        if graph.learned_precisions:
+            raise ValueError(
+                f"pcgraph.{name} holds each precision at its feedforward value, so it cannot "
+                f"learn a precision computed from the parameters. {fix}"
+            )
 
     @property
     def lifts_scans(self) -> bool:
@@ -56,19 +108,19 @@ class AbstractAlgorithm(eqx.Module):
         params,
         data,
         feedforward: Feedforward,
+        start: Start,
+        options: Options,
         optimizer: optax.GradientTransformation,
         opt_state,
         unflatten: Callable[[list[jax.Array]], Any],
-        *,
-        save_energy: bool,
-    ) -> tuple[list[jax.Array], Any, RelaxationStats]:
+    ) -> tuple[list[jax.Array], Any, Equilibrium]:
         """One training step: the parameters (flat, as `params`) after `optimizer` applied
-        the gradients this algorithm reads off, the new optimiser state and the statistics.
+        the gradients this algorithm reads off, the new optimiser state and the equilibrium.
         Algorithms that update parameters during the relaxation override this."""
-        equilibrium = self.solve(graph, params, data, feedforward, save_energy=save_energy)
+        equilibrium = self.solve(graph, params, data, feedforward, start, options)
         tree = unflatten(params)
         updates, opt_state = optimizer.update(unflatten(equilibrium.grads), opt_state, tree)
-        return jax.tree.leaves(optax.apply_updates(tree, updates)), opt_state, equilibrium.stats
+        return jax.tree.leaves(optax.apply_updates(tree, updates)), opt_state, equilibrium
 
 
 class IL(AbstractAlgorithm):
@@ -118,65 +170,80 @@ class IL(AbstractAlgorithm):
         _check_positive("IL(beta)", self.beta)
         _check_positive("IL(max_energy_increase)", self.max_energy_increase)
 
-    def solve(self, graph, params, data, feedforward, *, save_energy):
-        frozen = feedforward.frozen
-        energy = _inference_energy(graph, data, frozen, self.beta)
-        values, stats = relax(
-            _force_fn(energy, params),
-            feedforward.values,
-            stepper=self.stepper,
-            max_steps=self.max_steps,
-            rtol=self.rtol,
-            atol=self.atol,
-            max_energy_increase=self.max_energy_increase,
-            save_energy=save_energy,
-        )
-        (mus, _), vjp_fn = jax.vjp(lambda p: graph.predict(values, p, data, frozen), params)
-        errors = graph.errors(values, mus)
-        (grads,) = vjp_fn(_cotangents(graph, errors, self.beta, feedforward.loss))
-        grads = [g / self.beta for g in grads]
-        return Equilibrium(grads, values, errors, stats)
+    relaxes_values: ClassVar[bool] = True
+
+    def solve(self, graph, params, data, feedforward, start, options):
+        energy = GraphEnergy(graph, data, feedforward.frozen, self.beta)
+        state, stats = _relax_values(self, energy, params, start, options)
+        grads, predictions = local_gradients(energy, state, params)
+        errors = _energy.errors(graph, state.values, predictions.mus)
+        return Equilibrium(grads, state.values, errors, stats, state.latents)
 
 
-def _inference_energy(graph: Graph, data, frozen, beta) -> Callable:
-    """IL's energy `F(values, params) = sum_i p_i/2 ||v_i - mu_i||^2 + beta * loss`, with
-    every prediction evaluated at the current values."""
-    precisions = graph.precisions()
-
-    def energy(values, params):
-        mus, loss = graph.predict(values, params, data, frozen)
-        return _energy(precisions, graph.errors(values, mus)) + beta * loss
-
-    return energy
-
-
-def _force_fn(energy: Callable, params) -> Callable:
-    """`values -> (F, -dF/dvalues)` at fixed `params`."""
-
-    def force_fn(values):
-        value, grad = jax.value_and_grad(energy)(values, params)
-        return value, jax.tree.map(jnp.negative, grad)
-
-    return force_fn
+def _relax_values(algorithm, energy: GraphEnergy, params, start: Start, options: Options):
+    """Relax node values and latents on `energy` from `start`."""
+    return relax(
+        energy.force_fn(params, start.observed),
+        start.state,
+        stepper=algorithm.stepper,
+        max_steps=algorithm.max_steps,
+        rtol=algorithm.rtol,
+        atol=algorithm.atol,
+        max_energy_increase=algorithm.max_energy_increase,
+        save_energy=options.save_energy,
+        in_support=energy.in_support if energy.graph.bounded_values else None,
+        record=lambda state: energy.record(state, params, options.saveat),
+        saveat=options.saveat,
+    )
 
 
-def _cotangents(graph: Graph, errors, beta, loss):
-    """Cotangents of the prediction pass for the local rule: `-p_i eps_i` on each prediction
-    and `beta` on the loss."""
-    on_predictions = [-p * e for p, e in zip(graph.precisions(), errors, strict=True)]
-    return on_predictions, jnp.asarray(beta, jnp.result_type(loss))
+class AbstractSchedule(eqx.Module):
+    """When the nodes of a graph are updated: [`pcgraph.Relaxation`][] or
+    [`pcgraph.Wavefront`][]."""
 
 
-Schedule = Literal["relaxation", "wavefront"]
+class Relaxation(AbstractSchedule):
+    """Every node relaxes at every step, all at once: the dynamics of predictive coding."""
+
+
+class Wavefront(AbstractSchedule):
+    """Backprop's schedule over the value nodes: each node's local VJP is evaluated once,
+    when its error is final. It sets the errors that FPA with `Euler(1.0)` reaches after
+    `graph.depth` steps without taking a step (Song et al. 2020's Z-IL update)."""
 
 
 def _check_schedule(owner: str, schedule):
-    if schedule not in ("relaxation", "wavefront"):
-        raise ValueError(
-            f"{owner}(schedule={schedule!r}): the schedule is 'relaxation' (every node relaxes "
-            "at every step) or 'wavefront' (backprop's schedule over the value nodes: each "
-            "node's local VJP evaluated once, when its error is final)."
-        )
+    if isinstance(schedule, AbstractSchedule):
+        return
+    fix = {"relaxation": "pcgraph.Relaxation()", "wavefront": "pcgraph.Wavefront()"}
+    hint = (
+        f"pass schedule={fix[schedule]}"
+        if isinstance(schedule, str) and schedule in fix
+        else "pass pcgraph.Relaxation() (every node relaxes at every step) or "
+        "pcgraph.Wavefront() (backprop's schedule over the value nodes)"
+    )
+    raise TypeError(f"{owner}(schedule={schedule!r}): {hint}.")
+
+
+class AbstractInit(eqx.Module):
+    """Where Z-IL's relaxation starts: [`pcgraph.FeedforwardInit`][] or
+    [`pcgraph.RandomInit`][]."""
+
+
+class FeedforwardInit(AbstractInit):
+    """Start every node at its feedforward value (Song et al. 2020's first condition)."""
+
+
+class RandomInit(AbstractInit):
+    """Start every node (and delay) at standard normal noise, an ablation of Song et al.
+    2020's first condition.
+
+    **Arguments:**
+
+    - `seed`: the seed of the noise.
+    """
+
+    seed: int = 0
 
 
 def _wavefront_equilibrium(graph, params, data, feedforward) -> Equilibrium:
@@ -188,7 +255,9 @@ def _wavefront_equilibrium(graph, params, data, feedforward) -> Equilibrium:
     front = wavefront(graph, params, data, feedforward)
     dtype = jnp.promote_types(jnp.result_type(feedforward.loss), jnp.float32)
     errors = [e.astype(dtype) for e in front.errors]
-    energy = feedforward.loss.astype(dtype) + _energy(graph.precisions(), errors)
+    energy = feedforward.loss.astype(dtype) + _energy.total(
+        _energy.error_energies(graph, errors, feedforward.precisions)
+    )
     stats = RelaxationStats(
         num_steps=jnp.zeros((), jnp.int32),
         initial_energy=feedforward.loss.astype(dtype),
@@ -216,11 +285,11 @@ class FPA(AbstractAlgorithm):
     - `max_steps`: the most steps; None means `graph.depth`, enough for `Euler(1.0)`.
     - `rtol`, `atol`: stop once the largest force is at most
         `atol + rtol * (largest initial force)`; `rtol=None` runs `max_steps` steps.
-    - `schedule`: `"relaxation"` pulls every error back through every node at every step;
-        `"wavefront"` is backprop's schedule over the value nodes: each node's local VJP
-        evaluated once, when its error is final, which sets the errors `Euler(1.0)` reaches
-        after `graph.depth` steps without taking a step. The wavefront takes no `stepper`,
-        `max_steps` or tolerance.
+    - `schedule`: [`pcgraph.Relaxation`][]`()` pulls every error back through every node at
+        every step; [`pcgraph.Wavefront`][]`()` is backprop's schedule over the value nodes:
+        each node's local VJP evaluated once, when its error is final, which sets the errors
+        `Euler(1.0)` reaches after `graph.depth` steps without taking a step. The wavefront
+        takes no `stepper`, `max_steps` or tolerance.
     - `throw`: raise on NaN/Inf or on missing the tolerance.
 
     The wavefront's `Solution.stats` hold only what it computes: `num_steps` is 0,
@@ -233,38 +302,56 @@ class FPA(AbstractAlgorithm):
     max_steps: int | None = None
     rtol: float | None = None
     atol: float = 0.0
-    schedule: Schedule = "relaxation"
+    schedule: AbstractSchedule = Relaxation()
     throw: bool = True
 
     def __check_init__(self):
         _check_schedule("FPA", self.schedule)
-        if self.schedule == "wavefront" and (
+        if isinstance(self.schedule, Wavefront) and (
             self.stepper != Euler(1.0) or self.max_steps is not None or self.rtol is not None
         ):
             raise ValueError(
-                "FPA(schedule='wavefront') is FPA with Euler(1.0) run for graph.depth steps, "
-                "the one setting where each node's error is final at a known step; it takes no "
-                "`stepper`, `max_steps` or `rtol`. Drop them, or use schedule='relaxation'."
+                "FPA(schedule=pcgraph.Wavefront()) is FPA with Euler(1.0) run for graph.depth "
+                "steps, the one setting where each node's error is final at a known step; it "
+                "takes no `stepper`, `max_steps` or `rtol`. Drop them, or use "
+                "schedule=pcgraph.Relaxation()."
             )
 
     @property
     def lifts_scans(self) -> bool:
-        return self.schedule == "relaxation"
+        return isinstance(self.schedule, Relaxation)
 
-    def solve(self, graph, params, data, feedforward, *, save_energy):
-        if self.schedule == "wavefront":
+    def solve(self, graph, params, data, feedforward, start, options):
+        if isinstance(self.schedule, Wavefront):
             return _wavefront_equilibrium(graph, params, data, feedforward)
-        precisions = graph.precisions()
-        (_, loss), vjp_fn = jax.vjp(
+        precisions = feedforward.precisions
+        scale = [
+            _energy.precision_value(e, p) for e, p in zip(graph.energies, precisions, strict=True)
+        ]
+        predictions, vjp_fn = jax.vjp(
             lambda v, p: graph.predict(v, p, data, feedforward.frozen),
             feedforward.values,
             params,
         )
+        loss = predictions.loss
 
         def force_fn(errors):
-            pulled_back, _ = vjp_fn(_cotangents(graph, errors, 1.0, loss))
-            force = [-(e + b / p) for p, e, b in zip(precisions, errors, pulled_back, strict=True)]
-            return loss + _energy(precisions, errors), force
+            cotangents = gaussian_cotangents(graph, errors, precisions, loss, 1.0)
+            pulled_back, _ = vjp_fn(cotangents)
+            force = [-(e + b / p) for p, e, b in zip(scale, errors, pulled_back, strict=True)]
+            energy = loss + _energy.total(_energy.error_energies(graph, errors, precisions))
+            return energy, force
+
+        def record(errors):
+            names = graph.node_names
+            terms = _energy.error_energies(graph, errors, precisions)
+            out = {"energies": dict(zip(names, terms, strict=True))}
+            if options.saveat.values:
+                values = [v + e for v, e in zip(feedforward.values, errors, strict=True)]
+                out["values"] = dict(zip(names, values, strict=True))
+            if options.saveat.errors:
+                out["errors"] = dict(zip(names, errors, strict=True))
+            return out
 
         errors, stats = relax(
             force_fn,
@@ -274,9 +361,11 @@ class FPA(AbstractAlgorithm):
             rtol=self.rtol,
             atol=self.atol,
             max_energy_increase=None,
-            save_energy=save_energy,
+            save_energy=options.save_energy,
+            record=record,
+            saveat=options.saveat,
         )
-        _, grads = vjp_fn(_cotangents(graph, errors, 1.0, loss))
+        _, grads = vjp_fn(gaussian_cotangents(graph, errors, precisions, loss, 1.0))
         values = [v + e for v, e in zip(feedforward.values, errors, strict=True)]
         return Equilibrium(grads, values, errors, stats)
 
@@ -310,40 +399,46 @@ class ZIL(AbstractAlgorithm):
 
     **Arguments:**
 
-    - `schedule`: `"wavefront"` (the default) is backprop's schedule over the value nodes:
-        each node's local VJP evaluated once, when its error is final (as
-        `pcgraph.FPA(schedule="wavefront")`), which computes Z-IL's update without relaxing.
-        `"relaxation"` runs Z-IL itself: IL relaxation on the equalised graph with every
-        prediction re-evaluated at every step, and the timed parameter reads.
-    - `step_size`, `timed_updates`, `init`, `max_steps`, `seed`: only with
-        `schedule="relaxation"`, to break Song et al.'s conditions for ablations:
+    - `schedule`: [`pcgraph.Wavefront`][]`()` (the default) is backprop's schedule over the
+        value nodes: each node's local VJP evaluated once, when its error is final (as
+        `pcgraph.FPA(schedule=pcgraph.Wavefront())`), which computes Z-IL's update without
+        relaxing. [`pcgraph.Relaxation`][]`()` runs Z-IL itself: IL relaxation on the
+        equalised graph with every prediction re-evaluated at every step, and the timed
+        parameter reads.
+    - `step_size`, `timed_updates`, `init`, `max_steps`: only with
+        `schedule=pcgraph.Relaxation()`, to break Song et al.'s conditions for ablations:
         `step_size` other than 1; `timed_updates=False` reads every parameter at the last
-        step (and no node stops before it); `init="random"` starts the values (and delays) at
-        standard normal noise drawn from `seed`; `max_steps` (default `graph.depth`) stops
+        step (and no node stops before it); `init=pcgraph.RandomInit(seed)` starts the values
+        (and delays) at standard normal noise; `max_steps` (default `graph.depth`) stops
         early or runs on.
     - `throw`: raise if the energy becomes NaN/Inf.
 
     `Solution.stats` of the relaxation hold its steps and its energies (with
     `save_energy=True`, before each step and after the last), and a NaN residual: it stops on
-    no tolerance. The wavefront takes no step and reports as `FPA(schedule="wavefront")`
-    does: `num_steps` 0, `residual` NaN, `energy_trajectory` None, `initial_energy` the loss
-    and `energy` `loss + sum_i p_i/2 ||eps_i||^2` at the final errors. Under Song et al.'s
+    no tolerance. The wavefront takes no step and reports as
+    `FPA(schedule=pcgraph.Wavefront())` does: `num_steps` 0, `residual` NaN,
+    `energy_trajectory` None, `initial_energy` the loss and `energy`
+    `loss + sum_i p_i/2 ||eps_i||^2` at the final errors. Under Song et al.'s
     conditions both schedules end with `Solution.errors` the errors the parameters read.
     """
 
-    schedule: Schedule = "wavefront"
+    schedule: AbstractSchedule = Wavefront()
     step_size: float = 1.0
     timed_updates: bool = True
-    init: Literal["feedforward", "random"] = "feedforward"
+    init: AbstractInit = FeedforwardInit()
     max_steps: int | None = None
-    seed: int = 0
     throw: bool = True
 
     def __check_init__(self):
         _check_schedule("ZIL", self.schedule)
         _check_positive("ZIL(step_size)", self.step_size)
-        if self.init not in ("feedforward", "random"):
-            raise ValueError(f"ZIL(init={self.init!r}): use 'feedforward' or 'random'.")
+        if not isinstance(self.init, AbstractInit):
+            hint = (
+                "pcgraph.RandomInit(seed=0)"
+                if self.init == "random"
+                else ("pcgraph.FeedforwardInit() or pcgraph.RandomInit(seed=0)")
+            )
+            raise TypeError(f"ZIL(init={self.init!r}): pass {hint}.")
         if self.max_steps is not None and not (
             isinstance(self.max_steps, int) and self.max_steps >= 0
         ):
@@ -353,26 +448,33 @@ class ZIL(AbstractAlgorithm):
             for name, default in [
                 ("step_size", 1.0),
                 ("timed_updates", True),
-                ("init", "feedforward"),
+                ("init", FeedforwardInit()),
                 ("max_steps", None),
             ]
             if getattr(self, name) != default
         ]
-        if self.schedule == "wavefront" and changed:
+        if isinstance(self.schedule, Wavefront) and changed:
             raise ValueError(
                 f"ZIL({', '.join(changed)}) changes Z-IL's relaxation, but the default "
-                "schedule='wavefront' does not relax step by step (it is exact by "
-                f"construction). Pass ZIL(schedule='relaxation', {', '.join(changed)})."
+                "schedule=pcgraph.Wavefront() does not relax step by step (it is exact by "
+                "construction). Pass "
+                f"ZIL(schedule=pcgraph.Relaxation(), {', '.join(changed)})."
             )
 
     @property
     def lifts_scans(self) -> bool:
         return False
 
-    def solve(self, graph, params, data, feedforward, *, save_energy):
-        if self.schedule == "wavefront":
+    def solve(self, graph, params, data, feedforward, start, options):
+        if isinstance(self.schedule, Wavefront):
             return _wavefront_equilibrium(graph, params, data, feedforward)
-        return _zil_relaxation(self, graph, params, data, feedforward, save_energy)
+        if options.saveat is not None:
+            raise ValueError(
+                "ZIL(schedule=pcgraph.Relaxation()) holds delayed copies of the nodes and records "
+                "no per-node trajectory; drop `saveat`, or record one with pcgraph.IL() or "
+                "pcgraph.FPA()."
+            )
+        return _zil_relaxation(self, graph, params, data, feedforward, options.save_energy)
 
 
 def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> Equilibrium:
@@ -380,7 +482,7 @@ def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> 
     if coarse:
         dtype = max(coarse, key=lambda d: jnp.finfo(d).eps)
         raise ValueError(
-            f"ZIL(schedule='relaxation') cannot relax {dtype} node values: it holds each "
+            f"ZIL(schedule=pcgraph.Relaxation()) cannot relax {dtype} node values: it holds each "
             "node's value and reads the node's error as that value minus its prediction, so "
             f"an error under {float(jnp.finfo(dtype).eps):.0e} times its value is rounded "
             "away and the gradients are off by percents. Use pcgraph.ZIL() (the wavefront "
@@ -389,14 +491,17 @@ def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> 
         )
     cut = levels(graph)
     final = [info.final_step for info in graph.nodes]
-    precisions = graph.precisions()
+    precisions = [
+        _energy.precision_value(e, p)
+        for e, p in zip(graph.energies, feedforward.precisions, strict=True)
+    ]
     # state[k] = [v_k, delay_1, ..., delay_K]: a consumer on level t reads delay
     # final_k - t - 1, so every path to the loss has one node per level.
     num_delays = delays(graph, cut)
     state = [[v] * (n + 1) for v, n in zip(feedforward.values, num_delays, strict=True)]
-    if zil.init == "random":
+    if isinstance(zil.init, RandomInit):
         leaves, treedef = jax.tree.flatten(state)
-        keys = jax.random.split(jax.random.key(zil.seed), len(leaves))
+        keys = jax.random.split(jax.random.key(zil.init.seed), len(leaves))
         state = jax.tree.unflatten(
             treedef, [jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves)]
         )
@@ -411,7 +516,7 @@ def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> 
     # zero in exact arithmetic until the wavefront arrives at step l - 1; before, it is
     # round-off, which steps of 1 amplify in the same places, so the entry waits.
     on_level = [list(range(f, f - n - 1, -1)) for f, n in zip(final, num_delays, strict=True)]
-    first = jax.tree.map(lambda t: t - 1 if zil.init == "feedforward" else 0, on_level)
+    first = jax.tree.map(lambda t: t - 1 if isinstance(zil.init, FeedforwardInit) else 0, on_level)
 
     def last(lag):
         return jax.tree.map(lambda t: t - lag if zil.timed_updates else num_steps, on_level)
@@ -441,9 +546,12 @@ def _zil_relaxation(zil: ZIL, graph, params, data, feedforward, save_energy) -> 
         (mus, loss), vjp_fn = jax.vjp(predictions, seen, params)
         errors = jax.tree.map(jnp.subtract, state, mus)
         weighted = [[p * e for e in entries] for p, entries in zip(precisions, errors, strict=True)]
-        energy = loss + sum(
-            jnp.sum(w * e) / 2
-            for w, e in zip(jax.tree.leaves(weighted), jax.tree.leaves(errors), strict=True)
+        energy = loss + _energy.total(
+            [
+                _energy.error_energy(graph.energies[k], e, feedforward.precisions[k])
+                for k, entries in enumerate(errors)
+                for e in entries
+            ]
         )
         neg = jax.tree.map(jnp.negative, weighted)
         pulled, _ = vjp_fn((neg, jnp.ones_like(loss)))
@@ -514,7 +622,9 @@ class IPC(AbstractAlgorithm):
         if not (isinstance(self.num_steps, int) and self.num_steps >= 1):
             raise ValueError(f"IPC(num_steps={self.num_steps!r}): a positive int.")
 
-    def solve(self, graph, params, data, feedforward, *, save_energy):
+    relaxes_values: ClassVar[bool] = True
+
+    def solve(self, graph, params, data, feedforward, start, options):
         raise TypeError(
             "pcgraph.IPC updates the parameters at every relaxation step, so it has no single "
             "gradient to return. Train with it through "
@@ -522,31 +632,38 @@ class IPC(AbstractAlgorithm):
         )
 
     def train(
-        self, graph, params, data, feedforward, optimizer, opt_state, unflatten, *, save_energy
+        self, graph, params, data, feedforward, start, options, optimizer, opt_state, unflatten
     ):
-        energy = _inference_energy(graph, data, feedforward.frozen, self.beta)
+        if options.saveat is not None:
+            raise ValueError(
+                "pcgraph.IPC moves the parameters at every step and records no per-node "
+                "trajectory; drop `saveat`."
+            )
+        energy = GraphEnergy(graph, data, feedforward.frozen, self.beta)
 
         def step(carry, _):
-            values, params, opt_state, stepper_state = carry
-            value, (dvalues, dparams) = jax.value_and_grad(energy, argnums=(0, 1))(values, params)
-            force = jax.tree.map(jnp.negative, dvalues)
-            values, stepper_state = self.stepper.step(
-                _force_fn(energy, params), force, values, stepper_state
-            )
+            state, params, opt_state, stepper_state = carry
+            value, (dstate, dparams) = jax.value_and_grad(energy, argnums=(0, 1))(state, params)
+            force = energy.force(dstate, start.observed)
+            force_fn = energy.force_fn(params, start.observed)
+            state, stepper_state = self.stepper.step(force_fn, force, state, stepper_state)
             tree = unflatten(params)
             grads = unflatten([g / self.beta for g in dparams])
             updates, opt_state = optimizer.update(grads, opt_state, tree)
             params = jax.tree.leaves(optax.apply_updates(tree, updates))
-            return (values, params, opt_state, stepper_state), value
+            return (state, params, opt_state, stepper_state), value
 
-        stepper_state = self.stepper.init(feedforward.values, _force_fn(energy, params))
-        (values, params, opt_state, _), energies = jax.lax.scan(
-            step, (feedforward.values, params, opt_state, stepper_state), length=self.num_steps
+        stepper_state = self.stepper.init(start.state, energy.force_fn(params, start.observed))
+        (state, params, opt_state, _), energies = jax.lax.scan(
+            step, (start.state, params, opt_state, stepper_state), length=self.num_steps
         )
-        final_energy, final_force = _force_fn(energy, params)(values)
+        final_energy, final_force = energy.force_fn(params, start.observed)(state)
         energies = jnp.append(energies, final_energy)
-        stats = _fixed_steps_stats(energies, _max_abs(final_force), save_energy)
-        return params, opt_state, stats
+        stats = _fixed_steps_stats(energies, _max_abs(final_force), options.save_energy)
+        predictions = energy.predictions(state, params)
+        errors = _energy.errors(graph, state.values, predictions.mus)
+        equilibrium = Equilibrium([], state.values, errors, stats, state.latents)
+        return params, opt_state, equilibrium
 
 
 def _fixed_steps_stats(energies, residual, save_energy) -> RelaxationStats:
@@ -562,11 +679,3 @@ def _fixed_steps_stats(energies, residual, save_energy) -> RelaxationStats:
         ),
         energy_trajectory=energies if save_energy else None,
     )
-
-
-def _energy(precisions, errors) -> jax.Array:
-    """The nodes' part of the energy, `sum_i p_i/2 ||eps_i||^2`."""
-    # One sum over a stack of per-node terms: a chain of scalar additions, one per node,
-    # compiles far more slowly in deep graphs.
-    terms = [jnp.sum(e**2) * (p / 2) for p, e in zip(precisions, errors, strict=True)]
-    return jnp.sum(jnp.stack(terms)) if terms else jnp.asarray(0.0)

@@ -3,7 +3,7 @@ Zahid, Guo & Fountas 2023): sequential steps, local forward evaluations and loca
 
 import equinox as eqx
 
-from ._algorithms import FPA, IL, IPC, ZIL, AbstractAlgorithm
+from ._algorithms import FPA, IL, IPC, ZIL, AbstractAlgorithm, Wavefront
 from ._graph import Graph
 from ._relax import RelaxationStats
 from ._schedule import delays
@@ -102,7 +102,7 @@ def cost(
             "DiffraxStepper's solver evaluates the force a solver-dependent number of times "
             "per step (and rejects steps). Count with pcgraph.Euler or pcgraph.OptaxStepper."
         )
-    if isinstance(algorithm, FPA | ZIL) and algorithm.schedule == "wavefront":
+    if isinstance(algorithm, FPA | ZIL) and isinstance(algorithm.schedule, Wavefront):
         # The feedforward pass, each level linearised once (under jit XLA may merge the two
         # forward passes), and every node's VJP once.
         name = f"{type(algorithm).__name__} (wavefront)"

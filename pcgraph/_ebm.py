@@ -14,6 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._energy import node_energies, total
 from ._graph import Graph
 
 PyTree = Any
@@ -62,24 +63,21 @@ class AbstractEnergy(eqx.Module):
 
 class _PCEnergy(AbstractEnergy):
     """The predictive-coding energy of a traced function: the state is the list of node values,
-    `E = sum_i p_i / 2 ||v_i - mu_i||^2`, and the cost is the function's loss computed from the
-    values that feed it. `inputs` and `targets` are both the function's data leaves; `frozen`
-    holds the feedforward values the predictions read but cannot change.
+    `E = sum_i E_i(v_i, mu_i)` (see `pcgraph.Gaussian`), and the cost is the function's loss
+    computed from the values that feed it. `inputs` and `targets` are both the function's data
+    leaves; `frozen` holds the feedforward values the predictions read but cannot change.
 
     Its parameter gradient `dF/dparams` is the vector-Jacobian product of the prediction pass
-    with cotangents `-p_i eps_i` and `beta`, the local rule of predictive coding.
+    with cotangents `dE_i/dmu_i` and `beta`, the local rule of predictive coding.
     """
 
     graph: Graph = eqx.field(static=True)
     frozen: list[jax.Array]
 
     def _terms(self, state, params, data):
-        mus, loss = self.graph.predict(state, params, data, self.frozen)
-        errors = self.graph.errors(state, mus)
-        node_energy = sum(
-            p / 2 * jnp.sum(e**2) for p, e in zip(self.graph.precisions(), errors, strict=True)
-        )
-        return node_energy, loss
+        predictions = self.graph.predict(state, params, data, self.frozen)
+        node_energy = total(node_energies(self.graph, state, predictions))
+        return node_energy, predictions.loss
 
     def energy(self, state, params, inputs):
         return self._terms(state, params, inputs)[0]

@@ -18,6 +18,7 @@ import numpy as np
 
 from ._algorithms import AbstractAlgorithm, Equilibrium
 from ._ebm import AbstractEnergy, _PCEnergy
+from ._energy import errors
 from ._relax import RESULTS, RelaxationStats, _max_abs, relax
 from ._steppers import AbstractStepper, Euler
 
@@ -260,11 +261,16 @@ class _AbstractContrastive(AbstractAlgorithm):
             save_energy=save_energy,
         )
 
-    def solve(self, graph, params, data, feedforward, *, save_energy):
+    def solve(self, graph, params, data, feedforward, start, options):
         """Run the phases on the predictive-coding energy of `graph`. The feedforward pass is
         the free phase's exact equilibrium (every error is zero, so the force vanishes), so the
         free phase takes no step; the returned values and errors are the first nudged phase's.
         """
+        if options.saveat is not None:
+            raise ValueError(
+                f"pcgraph.{type(self).__name__} relaxes several phases and records no per-node "
+                "trajectory; drop `saveat`, or record one with pcgraph.IL()."
+            )
         model = _PCEnergy(graph, feedforward.frozen)
         solution = self._run(
             model,
@@ -273,11 +279,11 @@ class _AbstractContrastive(AbstractAlgorithm):
             data,
             feedforward.values,
             free_max_steps=0,
-            save_energy=save_energy,
+            save_energy=options.save_energy,
         )
         values = solution.nudged_states[0]
-        mus, _ = graph.predict(values, params, data, feedforward.frozen)
-        return Equilibrium(solution.grads, values, graph.errors(values, mus), solution.stats)
+        mus = graph.predict(values, params, data, feedforward.frozen).mus
+        return Equilibrium(solution.grads, values, errors(graph, values, mus), solution.stats)
 
 
 class EqProp(_AbstractContrastive):

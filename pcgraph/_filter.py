@@ -22,7 +22,7 @@ class _Recombined(eqx.Module):
 
     fun: Callable
 
-    def __call__(self, diff, nondiff, args, kwargs):
+    def __call__(self, diff, nondiff, kwargs, *args):
         return self.fun(eqx.combine(diff, nondiff), *args, **kwargs)
 
 
@@ -42,6 +42,7 @@ def filter_value_and_grad(
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
     placement: AbstractPlacement | None = None,
+    latents=None,
 ) -> Callable:
     """Like `equinox.filter_value_and_grad`, with the gradient computed by predictive coding.
 
@@ -60,6 +61,8 @@ def filter_value_and_grad(
     - `placement`: where the value nodes go (see [`pcgraph.trace`][]): by default at the
         `pcgraph.node` marks when there are any, one per layer otherwise, so that an unchanged
         `equinox.nn.MLP` is the standard layered predictive-coding network.
+    - `latents`: positional arguments of `fun` (other than the first) inferred by the
+        relaxation rather than clamped (see [`pcgraph.relax`][]).
 
     **Returns:**
 
@@ -69,21 +72,39 @@ def filter_value_and_grad(
     """
     if fun is _sentinel:
         return functools.partial(
-            filter_value_and_grad, has_aux=has_aux, algorithm=algorithm, placement=placement
+            filter_value_and_grad,
+            has_aux=has_aux,
+            algorithm=algorithm,
+            placement=placement,
+            latents=latents,
         )
-    return _filtered(fun, has_aux, algorithm, placement, "filter_value_and_grad")
+    return _filtered(fun, has_aux, algorithm, placement, latents, "filter_value_and_grad")
 
 
-def _filtered(fun: Callable, has_aux: bool, algorithm, placement, name: str) -> Callable:
+def _filtered(fun: Callable, has_aux: bool, algorithm, placement, latents, name: str) -> Callable:
+    many = isinstance(latents, tuple | list)
+    nums = tuple(latents) if many else () if latents is None else (latents,)
+    if 0 in nums:
+        raise ValueError(
+            f"pcgraph.{name}(latents={latents!r}) names argument 0, which is differentiated. "
+            "A latent is inferred by the relaxation, the first argument (the model) is "
+            "learned from it; move the latent to its own argument."
+        )
+    # `_Recombined` takes (diff, nondiff, kwargs, *args): argument k of `fun` is its k + 2.
+    shifted = tuple(n + 2 if n >= 0 else n for n in nums)
     solve = value_and_grad(
-        _Recombined(as_pytree(fun)), has_aux=has_aux, algorithm=algorithm, placement=placement
+        _Recombined(as_pytree(fun)),
+        has_aux=has_aux,
+        algorithm=algorithm,
+        placement=placement,
+        latents=None if latents is None else shifted if many else shifted[0],
     )
 
     @functools.wraps(fun)
     def value_and_grad_fn(*args, **kwargs):
         x, rest = _first_argument(args, kwargs, name)
         diff, nondiff = eqx.partition(x, eqx.is_inexact_array)
-        return solve(diff, nondiff, rest, kwargs)
+        return solve(diff, nondiff, kwargs, *rest)
 
     return value_and_grad_fn
 
@@ -94,6 +115,7 @@ def filter_grad(
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
     placement: AbstractPlacement | None = None,
+    latents=None,
 ) -> Callable:
     """Like `equinox.filter_grad`, with the gradient computed by predictive coding: a drop-in
     for training equinox models.
@@ -120,9 +142,9 @@ def filter_grad(
     """
     if fun is _sentinel:
         return functools.partial(
-            filter_grad, has_aux=has_aux, algorithm=algorithm, placement=placement
+            filter_grad, has_aux=has_aux, algorithm=algorithm, placement=placement, latents=latents
         )
-    value_and_grad_fn = _filtered(fun, has_aux, algorithm, placement, "filter_grad")
+    value_and_grad_fn = _filtered(fun, has_aux, algorithm, placement, latents, "filter_grad")
 
     @functools.wraps(fun)
     def grad_fn(*args, **kwargs):

@@ -9,11 +9,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._algorithms import FPA, AbstractAlgorithm
+from ._algorithms import FPA, IL, AbstractAlgorithm, Options, Start
 from ._closure import as_pytree
-from ._graph import Feedforward, Traced, trace_flat
+from ._energy import State
+from ._graph import Feedforward
+from ._latents import Observed
 from ._placement import AbstractPlacement, check_placement
-from ._relax import RelaxationStats
+from ._relax import RelaxationStats, SaveAt
+from ._trace import Traced, trace_flat
 
 
 class NonFiniteError(ValueError):
@@ -62,8 +65,22 @@ def _check_inputs(traced: Traced, feedforward: Feedforward) -> _InputCheck:
          "input and node value is finite. Check the loss for log(0), division by zero or "
          "overflow."),
     ]  # fmt: skip
-    checked = [(x, m) for x, m in checked if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    bad = jnp.stack([~jnp.all(jnp.isfinite(x)) for x, _ in checked])
+    checked = [
+        (~jnp.all(jnp.isfinite(x)), m)
+        for x, m in checked
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    checked += [
+        (
+            ~jnp.all(jnp.isfinite(p) & (p > 0)),
+            f"The precision of node `{name}` is not positive and finite at the feedforward "
+            "pass. Keep a learned precision positive, e.g. "
+            "`pcgraph.Gaussian(precision=jnp.exp(params['log_precision']))`.",
+        )
+        for name, p in zip(graph.node_names, feedforward.precisions, strict=True)
+        if p is not None
+    ]
+    bad = jnp.stack([b for b, _ in checked])
     index = jnp.where(jnp.any(bad), jnp.argmax(bad), -1).astype(jnp.int32)
     return _InputCheck(index, tuple(m for _, m in checked))
 
@@ -76,9 +93,11 @@ class Solution(eqx.Module):
     - `value`: the loss at the feedforward pass (the function's own value).
     - `aux`: the auxiliary output with `has_aux=True`, else None.
     - `grads`: the PC gradients, structured exactly as `jax.grad`'s.
-    - `values`, `errors`: each value node's value `v_i` and error `eps_i = v_i - mu_i` at the
-        end of the relaxation, keyed by node name (see `Graph.summary()`).
+    - `values`, `errors`: each value node's value `v_i` and error `eps_i = v_i - mean(mu_i)`
+        at the end of the relaxation, keyed by node name (see `Graph.summary()`).
     - `stats`: a [`pcgraph.RelaxationStats`][].
+    - `latents`: with `latents=`, the inferred latent arguments, structured as the arguments
+        (a tuple when `latents` was a tuple); else None.
     """
 
     value: jax.Array
@@ -88,11 +107,13 @@ class Solution(eqx.Module):
     errors: dict[str, jax.Array]
     stats: RelaxationStats
     input_check: _InputCheck
+    latents: Any = None
 
 
-def _check_algorithm(algorithm) -> AbstractAlgorithm:
+def _check_algorithm(algorithm, latents=None) -> AbstractAlgorithm:
     if algorithm is None:
-        return FPA()
+        # Latents are inferred on the energy, which only a relaxation of values does.
+        return FPA() if latents is None else IL()
     if isinstance(algorithm, type) and issubclass(algorithm, AbstractAlgorithm):
         raise TypeError(
             f"algorithm={algorithm.__name__} is a class; pass an instance, e.g. "
@@ -106,32 +127,79 @@ def _check_algorithm(algorithm) -> AbstractAlgorithm:
     return algorithm
 
 
-@eqx.filter_jit
-def _solve_jit(fn, args, kwargs, argnums, has_aux, algorithm, placement, save_energy) -> Solution:
-    traced = trace_flat(fn, args, argnums, has_aux, algorithm.lifts_scans, placement, kwargs)
+class _Setup(eqx.Module):
+    """The static choices of one solve: what is differentiated, inferred and recorded."""
+
+    argnums: Any
+    has_aux: bool
+    algorithm: AbstractAlgorithm
+    placement: AbstractPlacement | None
+    latents: Any = None
+    options: Options = Options()
+
+
+def _start(traced: Traced, feedforward: Feedforward, init) -> Start:
+    """The relaxation's start: the feedforward pass, with the node values in `init` (a dict
+    keyed by node name) in place of theirs."""
+    graph = traced.graph
+    latents = [traced.data[p] for p in graph.latent_positions]
+    values = list(feedforward.values)
+    if init:
+        unknown = sorted(set(init) - set(graph.node_names))
+        if unknown:
+            raise ValueError(
+                f"init= names {unknown}, which are not nodes of this graph (its nodes are "
+                f"{list(graph.node_names)}). Pass a previous `Solution` or its `.values`."
+            )
+        for k, info in enumerate(graph.nodes):
+            if info.name in init:
+                value = init[info.name]
+                if jnp.shape(value) != info.shape:
+                    raise ValueError(
+                        f"init[{info.name!r}] has shape {jnp.shape(value)}, but the node has "
+                        f"shape {info.shape}."
+                    )
+                values[k] = jnp.asarray(value, info.dtype)
+    return Start(State(values, latents), traced.latent_masks, warm=bool(init))
+
+
+def _traced_solution(fn, args, kwargs, setup: _Setup, init):
+    algorithm = setup.algorithm
+    traced = trace_flat(
+        fn, args, setup.argnums, setup.has_aux, algorithm.lifts_scans, setup.placement, kwargs,
+        setup.latents,
+    )  # fmt: skip
     graph = traced.graph
     feedforward = graph.feedforward(traced.params, traced.data)
-    equilibrium = algorithm.solve(
-        graph, traced.params, traced.data, feedforward, save_energy=save_energy
+    start = _start(traced, feedforward, init)
+    algorithm.check_supported(graph, start, setup.options)
+    return traced, feedforward, start
+
+
+@eqx.filter_jit
+def _solve_jit(fn, args, kwargs, setup: _Setup, init) -> Solution:
+    traced, feedforward, start = _traced_solution(fn, args, kwargs, setup, init)
+    graph = traced.graph
+    equilibrium = setup.algorithm.solve(
+        graph, traced.params, traced.data, feedforward, start, setup.options
     )
     names = graph.node_names
     return Solution(
         value=feedforward.loss,
-        aux=traced.unflatten_aux(feedforward.aux) if has_aux else None,
+        aux=traced.unflatten_aux(feedforward.aux) if setup.has_aux else None,
         grads=traced.unflatten_grads(equilibrium.grads),
         values=dict(zip(names, equilibrium.values, strict=True)),
         errors=dict(zip(names, equilibrium.errors, strict=True)),
         stats=equilibrium.stats,
         input_check=_check_inputs(traced, feedforward),
+        latents=None if setup.latents is None else traced.unflatten_latents(equilibrium.latents),
     )
 
 
-def _solve(fn, args, kwargs, argnums, has_aux, algorithm, placement, save_energy) -> Solution:
+def _solve(fn, args, kwargs, setup: _Setup, init=None) -> Solution:
     # The function as a pytree of the arrays it closes over: a fresh closure over new arrays
     # reuses the compiled solve.
-    return _solve_jit(
-        as_pytree(fn), args, kwargs, argnums, has_aux, algorithm, placement, save_energy
-    )
+    return _solve_jit(as_pytree(fn), args, kwargs, setup, init)
 
 
 def _checked(result: "Solution | TrainInfo", algorithm: AbstractAlgorithm, outputs):
@@ -158,7 +226,10 @@ def relax(
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
     placement: AbstractPlacement | None = None,
+    latents=None,
+    init: "Solution | dict[str, jax.Array] | None" = None,
     save_energy: bool = False,
+    saveat: SaveAt | None = None,
     **kwargs,
 ) -> Solution:
     """Trace `fn`, relax its predictive-coding graph and return the whole
@@ -172,21 +243,47 @@ def relax(
     **Arguments:**
 
     - `fn`, `*args`, `argnums`, `has_aux`: as for `jax.grad(fn, argnums, has_aux)(*args)`.
-    - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`, which is exact.
+    - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`, which is exact,
+        and to [`pcgraph.IL`][]`()` with `latents`.
     - `placement`: where the value nodes go (see [`pcgraph.trace`][]).
+    - `latents`: an int or a tuple of ints: positional arguments that are not clamped data
+        but free values inferred by the relaxation, starting at the values passed; the
+        function's loss is their negative log joint. Pass a [`pcgraph.Observed`][] in such a
+        position to keep some entries clamped. `Solution.latents` holds the inferred values.
+    - `init`: start the relaxation from a previous [`pcgraph.Solution`][] (its node values
+        and latents) or from a dict of node values keyed by node name (the nodes it leaves
+        out start at the feedforward pass).
     - `save_energy`: record the energy at every step in `Solution.stats.energy_trajectory`.
+    - `saveat`: a [`pcgraph.SaveAt`][]: record each node's energy (and optionally its value
+        and error) at chosen steps in `Solution.stats.nodes`.
     - `**kwargs`: keyword arguments of `fn`, held fixed, as under `jax.grad`.
 
     Raises `pcgraph.NonFiniteError` naming the argument or node when an input or the
     feedforward pass holds NaN or Inf, and [`pcgraph.RelaxationError`][] when the relaxation
     fails (with the algorithm's `throw=True`).
     """
-    algorithm = _check_algorithm(algorithm)
+    latents = _as_static(latents)
+    algorithm = _check_algorithm(algorithm, latents)
     placement = check_placement(placement)
-    solution = _solve(
-        fn, args, kwargs, _as_static(argnums), has_aux, algorithm, placement, save_energy
+    setup = _Setup(
+        _as_static(argnums), has_aux, algorithm, placement, latents, Options(save_energy, saveat)
     )
+    if isinstance(init, Solution):
+        if init.latents is not None and latents is not None:
+            args = _with_latents(args, latents, init.latents)
+        init = init.values
+    solution = _solve(fn, args, kwargs, setup, init)
     return _checked(solution, algorithm, solution)
+
+
+def _with_latents(args, latents, values) -> tuple:
+    """`args` with the latent arguments replaced by `values` (keeping `Observed` masks)."""
+    args = list(args)
+    many = isinstance(latents, tuple)
+    for n, value in zip(latents if many else (latents,), values if many else (values,)):
+        arg = args[n]
+        args[n] = Observed(value, arg.mask) if isinstance(arg, Observed) else value
+    return tuple(args)
 
 
 def value_and_grad(
@@ -196,6 +293,7 @@ def value_and_grad(
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
     placement: AbstractPlacement | None = None,
+    latents=None,
 ) -> Callable:
     """Like `jax.value_and_grad`, with the gradient computed by predictive coding.
 
@@ -208,6 +306,8 @@ def value_and_grad(
         `jax.grad` up to round-off.
     - `placement`: where the value nodes go (see [`pcgraph.trace`][]): by default at the
         `pcgraph.node` marks when there are any, one per layer otherwise.
+    - `latents`: positional arguments inferred by the relaxation rather than clamped (see
+        [`pcgraph.relax`][]); the gradients are read at the inferred values.
 
     **Returns:**
 
@@ -217,13 +317,13 @@ def value_and_grad(
     does not retrace for repeated calls with the same shapes, nor for a fresh closure over
     arrays of the same shapes (`pcgraph.grad(lambda p: loss(p, x, y))` built at every step).
     """
-    algorithm = _check_algorithm(algorithm)
-    placement = check_placement(placement)
-    argnums = _as_static(argnums)
+    latents = _as_static(latents)
+    algorithm = _check_algorithm(algorithm, latents)
+    setup = _Setup(_as_static(argnums), has_aux, algorithm, check_placement(placement), latents)
 
     @functools.wraps(fn)
     def value_and_grad_fn(*args, **kwargs):
-        solution = _solve(fn, args, kwargs, argnums, has_aux, algorithm, placement, False)
+        solution = _solve(fn, args, kwargs, setup)
         value = (solution.value, solution.aux) if has_aux else solution.value
         return _checked(solution, algorithm, (value, solution.grads))
 
@@ -237,6 +337,7 @@ def grad(
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
     placement: AbstractPlacement | None = None,
+    latents=None,
 ) -> Callable:
     """A drop-in replacement for `jax.grad` that computes the gradient by predictive coding.
 
@@ -254,6 +355,8 @@ def grad(
         learning.
     - `placement`: where the value nodes go (see [`pcgraph.trace`][]): by default at the
         `pcgraph.node` marks when there are any, one per layer otherwise.
+    - `latents`: positional arguments inferred by the relaxation rather than clamped (see
+        [`pcgraph.relax`][]).
 
     **Returns:**
 
@@ -269,7 +372,7 @@ def grad(
         ```
     """
     value_and_grad_fn = value_and_grad(
-        fn, argnums, has_aux=has_aux, algorithm=algorithm, placement=placement
+        fn, argnums, has_aux=has_aux, algorithm=algorithm, placement=placement, latents=latents
     )
 
     @functools.wraps(fn)
@@ -289,36 +392,36 @@ class TrainInfo(eqx.Module):
     - `aux`: the auxiliary output with `has_aux=True`, else None.
     - `stats`: the relaxation's [`pcgraph.RelaxationStats`][] (with `save_energy=True`, its
         `energy_trajectory`).
+    - `latents`: with `latents=`, the inferred latent arguments; else None.
     """
 
     loss: jax.Array
     aux: Any
     stats: RelaxationStats
     input_check: _InputCheck
+    latents: Any = None
 
 
 @eqx.filter_jit
-def _train(
-    fn, optimizer, params, opt_state, args, kwargs, has_aux, algorithm, placement, save_energy
-):
-    traced = trace_flat(fn, (params, *args), 0, has_aux, algorithm.lifts_scans, placement, kwargs)
-    graph = traced.graph
-    feedforward = graph.feedforward(traced.params, traced.data)
-    new_params, opt_state, stats = algorithm.train(
-        graph,
+def _train(fn, optimizer, params, opt_state, args, kwargs, setup: _Setup):
+    traced, feedforward, start = _traced_solution(fn, (params, *args), kwargs, setup, None)
+    new_params, opt_state, equilibrium = setup.algorithm.train(
+        traced.graph,
         traced.params,
         traced.data,
         feedforward,
+        start,
+        setup.options,
         optimizer,
         opt_state,
         traced.unflatten_grads,
-        save_energy=save_energy,
     )
     info = TrainInfo(
         loss=feedforward.loss,
-        aux=traced.unflatten_aux(feedforward.aux) if has_aux else None,
-        stats=stats,
+        aux=traced.unflatten_aux(feedforward.aux) if setup.has_aux else None,
+        stats=equilibrium.stats,
         input_check=_check_inputs(traced, feedforward),
+        latents=None if setup.latents is None else traced.unflatten_latents(equilibrium.latents),
     )
     return traced.unflatten_grads(new_params), opt_state, info
 
@@ -330,7 +433,9 @@ def train_step(
     has_aux: bool = False,
     algorithm: AbstractAlgorithm | None = None,
     placement: AbstractPlacement | None = None,
+    latents=None,
     save_energy: bool = False,
+    saveat: SaveAt | None = None,
 ) -> Callable:
     """A jit-compiled training step that updates the parameters (the first argument of `fn`)
     with predictive coding and an optax optimiser.
@@ -349,7 +454,11 @@ def train_step(
     - `has_aux`: whether `fn` returns `(loss, aux)`.
     - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`.
     - `placement`: where the value nodes go (see [`pcgraph.trace`][]).
+    - `latents`: positional arguments of `fn` (counting `params` as 0) inferred by the
+        relaxation rather than clamped (see [`pcgraph.relax`][]); `info.latents` holds the
+        inferred values. A partly observed latent is passed as [`pcgraph.Observed`][].
     - `save_energy`: record the energy at every step in `info.stats.energy_trajectory`.
+    - `saveat`: a [`pcgraph.SaveAt`][]: record per-node trajectories in `info.stats.nodes`.
 
     **Returns:**
 
@@ -367,15 +476,18 @@ def train_step(
         params, opt_state, info = step(params, opt_state, x, y)
         ```
     """
-    algorithm = _check_algorithm(algorithm)
-    placement = check_placement(placement)
+    latents = _as_static(latents)
+    algorithm = _check_algorithm(algorithm, latents)
+    setup = _Setup(
+        0, has_aux, algorithm, check_placement(placement), latents,
+        Options(save_energy, saveat),
+    )  # fmt: skip
 
     @functools.wraps(fn)
     def step(params, opt_state, *args, **kwargs):
         params, opt_state, info = _train(
-            as_pytree(fn), optimizer, params, opt_state, args, kwargs, has_aux, algorithm,
-            placement, save_energy,
-        )  # fmt: skip
+            as_pytree(fn), optimizer, params, opt_state, args, kwargs, setup
+        )
         return _checked(info, algorithm, (params, opt_state, info))
 
     return step

@@ -29,18 +29,89 @@ Literal = jex_core.Literal
 DropVar = jex_core.DropVar
 
 
+# -- reading jaxprs and equations ---------------------------------------------------------------
+
+
+def jaxpr_inputs(jaxpr: Jaxpr) -> list[Any]:
+    """The input variables of `jaxpr`."""
+    return jaxpr.invars
+
+
+def jaxpr_outputs(jaxpr: Jaxpr) -> list[Any]:
+    """The output atoms (variables or literals) of `jaxpr`."""
+    return jaxpr.outvars
+
+
+def jaxpr_constants(jaxpr: Jaxpr) -> list[Any]:
+    """The variables that stand for the constants of `jaxpr`."""
+    return jaxpr.constvars
+
+
+def jaxpr_eqns(jaxpr: Jaxpr) -> list[JaxprEqn]:
+    """The equations of `jaxpr`, in order."""
+    return jaxpr.eqns
+
+
+def eqn_primitive(eqn: JaxprEqn) -> Primitive:
+    """The primitive that `eqn` binds."""
+    return eqn.primitive
+
+
+def eqn_params(eqn: JaxprEqn) -> dict[str, Any]:
+    """The parameters that `eqn` binds its primitive with."""
+    return eqn.params
+
+
+def eqn_inputs(eqn: JaxprEqn) -> list[Any]:
+    """The input atoms (variables or literals) of `eqn`."""
+    return eqn.invars
+
+
+def eqn_outputs(eqn: JaxprEqn) -> list[Any]:
+    """The output variables of `eqn`, dropped ones included (see `is_drop_var`)."""
+    return eqn.outvars
+
+
+def aval_of(atom: Any) -> Any:
+    """The abstract value (shape and dtype) of a variable or literal."""
+    return atom.aval
+
+
+def primitive_name(primitive: Primitive) -> str:
+    """The name of `primitive`, for labels and messages."""
+    return primitive.name
+
+
 # -- the node-marker primitive ------------------------------------------------------------------
 
 node_p = Primitive("pcgraph_node")
-node_p.def_impl(lambda x, *, name, precision: x)
-node_p.def_abstract_eval(lambda aval, *, name, precision: aval)
-# An identity: tangents pass through unchanged, so transposition never meets the primitive.
-ad.defjvp(node_p, lambda tangent, x, *, name, precision: tangent)
-batching.primitive_batchers[node_p] = lambda args, dims, **params: (
-    node_p.bind(args[0], **params),
-    dims[0],
-)
-mlir.register_lowering(node_p, lambda ctx, x, *, name, precision: [x])
+
+
+def _node_mean(x, *precision, name, energy):
+    return energy.mean(x)
+
+
+def _node_jvp(primals, tangents, *, name, energy):
+    # The precision operand does not change the value: only `x`'s tangent passes on.
+    return jax.jvp(energy.mean, primals[:1], tangents[:1])
+
+
+def _node_batch(args, dims, *, name, energy):
+    (x, *precision), (x_dim, *precision_dim) = args, dims
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    x = jnp.broadcast_to(x, (size, *x.shape)) if x_dim is None else jnp.moveaxis(x, x_dim, 0)
+    if precision and precision_dim[0] is not None:
+        p = jnp.moveaxis(precision[0], precision_dim[0], 0)
+        # Unbatched axes align from the right: pad between the batch axis and the rest.
+        precision = [p.reshape(size, *(1,) * (x.ndim - p.ndim), *p.shape[1:])]
+    return node_p.bind(x, *precision, name=name, energy=energy), 0
+
+
+node_p.def_impl(_node_mean)
+node_p.def_abstract_eval(lambda aval, *precision, name, energy: aval)
+ad.primitive_jvps[node_p] = _node_jvp
+batching.primitive_batchers[node_p] = _node_batch
+mlir.register_lowering(node_p, mlir.lower_fun(_node_mean, multiple_results=False))
 
 #: Stands in for a runtime check (see `check_positions`) among pcgraph's equations: `bind` runs
 #: the check, `bind_for_relaxation` passes the checked operands through. Never bound itself.
@@ -198,8 +269,10 @@ def is_node_marker(primitive: Primitive) -> bool:
     return primitive is node_p
 
 
-def marker_params(params: dict[str, Any]) -> tuple[str | None, float]:
-    return params["name"], params["precision"]
+def marker_params(params: dict[str, Any]) -> tuple[str | None, Any]:
+    """A `pcgraph.node` mark's name and energy (its precision, when computed, is the mark's
+    second operand)."""
+    return params["name"], params["energy"]
 
 
 def has_side_effects(eqn: JaxprEqn) -> bool:

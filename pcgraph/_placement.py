@@ -120,7 +120,7 @@ def layer_nodes(
         if from_weights and any(i in relevant for i in operands):
             weights.update(eqn.outputs)  # computed from the parameters alone: still a weight
             continue
-        name = eqn.primitive.name
+        name = adapter.primitive_name(eqn.primitive)
         reads_weight = any(i in weights for i in operands)
         extended = [i for i in operands if i in open_layers and readers[i] == 1]
         closes = [i for i in operands if i in open_layers and i not in extended]
@@ -156,8 +156,8 @@ def layer_nodes(
     producers = {var: eqn for eqn in eqns for var in eqn.outputs}
     return {
         var: first
-        if first == producers[var].primitive.name
-        else f"{first}..{producers[var].primitive.name}"
+        if first == adapter.primitive_name(producers[var].primitive)
+        else f"{first}..{adapter.primitive_name(producers[var].primitive)}"
         for var, first in ends.items()
         if var in reaches_layer and var in relevant and var != loss_id and is_real(var)
     }

@@ -36,6 +36,63 @@ class RESULTS(eqx.Enumeration):
         "primitive (`placement=pcgraph.Primitives()`) needs far smaller steps than the "
         "default one node per layer."
     )
+    outside_support = (
+        "A Bernoulli or categorical node's value left [0, 1], where its energy is no longer a "
+        "log-density. Lower the stepper's `step_size`, start the node inside [0, 1], or give "
+        "the node a Gaussian energy (`pcgraph.node(x)`) and apply the squashing function "
+        "after it."
+    )
+
+
+class SaveAt(eqx.Module):
+    """What a relaxation records per node, and at which steps, in
+    `Solution.stats.nodes` (a [`pcgraph.NodeTrajectory`][]).
+
+    Each node's energy term is always recorded; its value and its error on request. Step `k`
+    is the state after `k` steps (step 0 is the start).
+
+    **Arguments:**
+
+    - `steps`: the steps to record, a tuple of ints; None records every step from 0 to
+        `max_steps`. A step the relaxation did not reach (it stopped on its tolerance)
+        records NaN.
+    - `values`: also record each node's value.
+    - `errors`: also record each node's prediction error.
+    """
+
+    steps: tuple[int, ...] | None = None
+    values: bool = False
+    errors: bool = False
+
+    def __check_init__(self):
+        if self.steps is not None and not (
+            isinstance(self.steps, tuple)
+            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in self.steps)
+        ):
+            raise ValueError(
+                f"SaveAt(steps={self.steps!r}): give a tuple of non-negative ints, e.g. "
+                "`steps=(0, 10, 100)`, or None for every step."
+            )
+
+    def resolve(self, max_steps: int) -> tuple[int, ...]:
+        return tuple(range(max_steps + 1)) if self.steps is None else self.steps
+
+
+class NodeTrajectory(eqx.Module):
+    """Per-node quantities recorded during a relaxation (see [`pcgraph.SaveAt`][]).
+
+    **Attributes:**
+
+    - `steps`: the recorded steps, shape `(S,)`.
+    - `energies`: each node's energy term at those steps, `{name: array of shape (S,)}`.
+    - `values`, `errors`: with `SaveAt(values=True)` / `SaveAt(errors=True)`, each node's
+        value / error at those steps, `{name: array of shape (S, *node shape)}`; else None.
+    """
+
+    steps: jax.Array
+    energies: dict[str, jax.Array]
+    values: dict[str, jax.Array] | None = None
+    errors: dict[str, jax.Array] | None = None
 
 
 class RelaxationError(RuntimeError):
@@ -55,10 +112,12 @@ class RelaxationStats(eqx.Module):
     - `result`: a [`pcgraph.RESULTS`][] item; `RESULTS.successful` unless it failed.
     - `energy_trajectory`: with `save_energy=True`, the energy before each step and after the
         last (length `max_steps + 1`, NaN past `num_steps`); otherwise None.
+    - `nodes`: with `saveat=pcgraph.SaveAt(...)`, the per-node trajectories
+        ([`pcgraph.NodeTrajectory`][]); otherwise None.
 
     Only what was measured is reported: the wavefront schedule (`pcgraph.ZIL()`,
-    `FPA(schedule="wavefront")`) takes no relaxation steps, so it reports `num_steps` 0, a NaN
-    residual and no trajectory.
+    `FPA(schedule=pcgraph.Wavefront())`) takes no relaxation steps, so it reports `num_steps`
+    0, a NaN residual and no trajectory.
     """
 
     num_steps: jax.Array
@@ -67,6 +126,7 @@ class RelaxationStats(eqx.Module):
     residual: jax.Array
     result: RESULTS
     energy_trajectory: jax.Array | None = None
+    nodes: NodeTrajectory | None = None
 
     @property
     def converged(self) -> jax.Array:
@@ -92,6 +152,8 @@ class RelaxationStats(eqx.Module):
         steps, start, end = int(self.num_steps), float(self.initial_energy), float(self.energy)
         if self.result == RESULTS.energy_increased:
             what = f"the energy increased from {start:.6g} to {end:.6g} at step {steps}"
+        elif self.result == RESULTS.outside_support:
+            what = f"a node's value left its support at step {steps}"
         elif self.result == RESULTS.nonfinite:
             what = f"the energy became {end} at step {steps} (it started at {start:.6g})"
         else:
@@ -118,6 +180,7 @@ class _Carry(eqx.Module):
     result: RESULTS
     done: jax.Array
     trajectory: jax.Array | None
+    recorded: PyTree
 
 
 _TOLERANCE_NOT_REVERSE_DIFFERENTIABLE = (
@@ -139,20 +202,31 @@ def relax(
     atol: float,
     max_energy_increase: float | None,
     save_energy: bool,
+    in_support: Callable[[PyTree], jax.Array] | None = None,
+    record: Callable[[PyTree], PyTree] | None = None,
+    saveat: SaveAt | None = None,
 ) -> tuple[PyTree, RelaxationStats]:
     """Step `state` along `force_fn(state) = (energy, -dF/dstate)` in one compiled loop.
 
     Stops after `max_steps` steps, or once the largest force is at most
-    `atol + rtol * (largest initial force)` when `rtol` is not None, or on divergence. With
-    `rtol=None` the loop has a fixed trip count, so the result can be differentiated in
-    reverse mode (`jax.grad` of a function that calls `pcgraph.grad`); forward mode works
-    either way.
+    `atol + rtol * (largest initial force)` when `rtol` is not None, or on divergence, or
+    when `in_support(state)` turns False. With `rtol=None` the loop has a fixed trip count,
+    so the result can be differentiated in reverse mode (`jax.grad` of a function that calls
+    `pcgraph.grad`); forward mode works either way. With `saveat`, `record(state)` is stored
+    at its steps.
     """
+    steps = None if saveat is None else saveat.resolve(max_steps)
 
-    def status(step, energy, residual, initial_energy, tolerance):
+    def status(step, energy, residual, initial_energy, tolerance, state):
         """The result and whether to stop, after `step` steps."""
         # The energy sums every node's squared error, so it is the one value to check.
         result = RESULTS.where(jnp.isfinite(energy), RESULTS.successful, RESULTS.nonfinite)
+        if in_support is not None:
+            result = RESULTS.where(
+                (result == RESULTS.successful) & ~in_support(state),
+                RESULTS.outside_support,
+                result,
+            )
         if max_energy_increase is not None:
             rose = energy - initial_energy > max_energy_increase * jnp.abs(initial_energy)
             result = RESULTS.where(
@@ -181,7 +255,7 @@ def relax(
         tolerance = carry.tolerance
         if rtol is not None:
             tolerance = jnp.where(first, atol + rtol * residual, tolerance)
-        result, done = status(carry.step, energy, residual, initial_energy, tolerance)
+        result, done = status(carry.step, energy, residual, initial_energy, tolerance, carry.state)
         # With a fixed trip count the loop runs on once done: freeze everything then, as
         # re-evaluating the force at the same state need not reproduce its status bit for bit.
         initial_energy, tolerance, energy, residual, result = jax.tree.map(
@@ -193,6 +267,9 @@ def relax(
         trajectory = carry.trajectory
         if trajectory is not None:
             trajectory = trajectory.at[carry.step].set(energy)
+        recorded = carry.recorded
+        if steps is not None:
+            recorded = _record(recorded, steps, carry.step, lambda: record(carry.state))
         # The step is taken and then discarded once `done`: selecting with `where` (rather than
         # a `cond`) lets XLA update each node's state in place, which saves a copy of every
         # node per step in deep graphs.
@@ -203,7 +280,7 @@ def relax(
         step = carry.step + jnp.where(done, 0, 1).astype(carry.step.dtype)
         return _Carry(
             step, state, stepper_state, initial_energy, tolerance, energy, residual, result,
-            done, trajectory,
+            done, trajectory, recorded,
         )  # fmt: skip
 
     # Energies and residuals are carried in the state's floating dtype, at least float32
@@ -224,6 +301,12 @@ def relax(
         result=RESULTS.successful,
         done=jnp.zeros((), bool),
         trajectory=trajectory,
+        recorded=None
+        if steps is None
+        else jax.tree.map(
+            lambda x: jnp.full((len(steps), *x.shape), jnp.nan, x.dtype),
+            jax.eval_shape(record, state),
+        ),
     )
     if rtol is None:
         # `max_steps` steps and a last evaluation. A static trip count lowers to a scan, which
@@ -242,5 +325,20 @@ def relax(
         residual=carry.residual,
         result=carry.result,
         energy_trajectory=carry.trajectory,
+        nodes=None
+        if steps is None
+        else NodeTrajectory(jnp.asarray(steps, jnp.int32), **carry.recorded),
     )
     return carry.state, stats
+
+
+def _record(recorded: PyTree, steps: tuple[int, ...], step: jax.Array, record) -> PyTree:
+    """`recorded` with `record()` stored at `step`'s row when `step` is one of `steps`;
+    `record` is evaluated only then."""
+    hits = jnp.asarray(steps) == step
+    row = jnp.argmax(hits)
+    return jax.lax.cond(
+        jnp.any(hits),
+        lambda: jax.tree.map(lambda r, x: r.at[row].set(x.astype(r.dtype)), recorded, record()),
+        lambda: recorded,
+    )

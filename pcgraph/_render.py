@@ -1,4 +1,5 @@
-"""Drawing graphs: error magnitudes as colours, and running Graphviz's `dot`."""
+"""Showing graphs: the summary table, the DOT source with error magnitudes as colours, and
+running Graphviz's `dot`."""
 
 import math
 import os
@@ -6,9 +7,14 @@ import pathlib
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._energy import Gaussian
+
+if TYPE_CHECKING:
+    from ._graph import Graph, NodeInfo
 
 # A sequential palette from pale yellow (small error) to dark red (large error). Each stop is
 # darker than the one before, so the fill darkens monotonically with the error.
@@ -98,6 +104,91 @@ def luminance(colour: str) -> float:
 def text_colour(fill: str) -> str:
     """Black on pale fills, white on dark ones, so labels stay readable."""
     return "black" if luminance(fill) > 0.45 else "white"
+
+
+def summary(graph: "Graph") -> str:
+    """The table `Graph.summary()` shows: one row per value node, then the loss."""
+    rows = [("#", "name", "op", "shape", "precision", "dist", "final", "parents")]
+    for k, info in enumerate(graph.nodes):
+        shape = f"{info.dtype.name}{list(info.shape)}"
+        if info.iterations is not None:
+            shape = f"{info.iterations} x {info.dtype.name}{list(info.shape[1:])}"
+        rows.append(
+            (
+                str(k),
+                info.name,
+                info.op,
+                shape,
+                _precision_cell(info),
+                str(info.distance),
+                str(info.final_step),
+                ", ".join(info.parents),
+            )
+        )
+    rows.append(("", "loss", "", "", "", "0", "0", ", ".join(graph._loss_parents)))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
+    stacked = sum(info.iterations is not None for info in graph.nodes)
+    lines = [
+        f"Graph: {len(graph.nodes)} value nodes"
+        + (f" ({stacked} stacked over scan iterations)" if stacked else "")
+        + f", depth {graph.depth}, {len(graph._param_ids)} parameter leaves, "
+        + f"placement: {graph.placement.name}"
+    ]
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _precision_cell(info: "NodeInfo") -> str:
+    if not isinstance(info.energy, Gaussian):
+        return info.energy.describe
+    return "computed" if info.computed_precision else f"{info.precision:g}"
+
+
+def to_dot(
+    graph: "Graph",
+    errors: dict[str, Any] | None = None,
+    *,
+    colour_by: dict[str, Any] | None = None,
+    label: str = "||eps||",
+) -> str:
+    """The DOT source `Graph.to_dot()` returns; nodes coloured by `errors` or `colour_by`."""
+    lines = ["digraph pcgraph {", "  rankdir=LR;", '  node [fontname="Helvetica"];']
+
+    def quoted(text):
+        # A DOT string escapes backslashes and quotes and spells a line break `\n`.
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+
+    if errors is not None and colour_by is not None:
+        raise TypeError("Graph.to_dot: pass `errors` or `colour_by`, not both.")
+    colour_by = errors if colour_by is None else colour_by
+    magnitudes, colours = {}, {}
+    if colour_by is not None:
+        magnitudes = error_magnitudes(colour_by, graph.node_names)
+        colours, low, high = colour_scale(magnitudes)
+        what = "error norm ||eps||" if errors is not None else f"norm of {label}"
+        caption = f"node colour: {what}, log scale from {low:.2g} (pale) to {high:.2g} (dark)"
+        lines.append(f"  label={quoted(caption)}; labelloc=b; fontname=Helvetica;")
+    for name in graph.param_names:
+        lines.append(f"  {quoted(name)} [shape=box, style=filled, fillcolor=lightgrey];")
+    label_name = "|eps|" if errors is not None else label
+    for info in graph.nodes:
+        text = f"{info.name}\n{list(info.shape)}\nd={info.distance}"
+        style = ""
+        if info.name in colours:
+            text += f"\n{label_name}={magnitudes[info.name]:.2g}"
+            fill = colours[info.name]
+            font = text_colour(fill)
+            style = f', style=filled, fillcolor="{fill}", fontcolor={font}'
+        lines.append(f"  {quoted(info.name)} [shape=ellipse, label={quoted(text)}{style}];")
+    lines.append('  "loss" [shape=doublecircle];')
+    for info in graph.nodes:
+        lines.extend(f"  {quoted(p)} -> {quoted(info.name)};" for p in info.parents)
+    lines.extend(f'  {quoted(p)} -> "loss";' for p in graph._loss_parents)
+    lines.append("}")
+    return "\n".join(lines)
 
 
 def render_dot(dot_source: str, path, format: str | None) -> pathlib.Path:

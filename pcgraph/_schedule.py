@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _jax_adapter as adapter
+from ._energy import precision_value
 from ._graph import Graph
 
 
@@ -34,7 +35,7 @@ def levels(graph: Graph) -> list[Level]:
     if any(info.iterations is not None for info in graph.nodes):
         raise ValueError(
             "This graph lifts a lax.scan into stacked nodes, whose slices sit on different "
-            "levels; the level-by-level schedules (pcgraph.ZIL, FPA(schedule='wavefront')) "
+            "levels; the level-by-level schedules (pcgraph.ZIL, FPA(schedule=pcgraph.Wavefront())) "
             "need each scan as one node. Trace it with "
             "`pcgraph.trace(fn, *args, lift_scans=False)`."
         )
@@ -104,18 +105,20 @@ def predict_level(
     return [env[graph._node_ids[k]] for k in level.nodes]
 
 
-class Wavefront(NamedTuple):
+class Front(NamedTuple):
     grads: list[jax.Array]
     errors: list[jax.Array]
 
 
-def wavefront(graph: Graph, params, data, feedforward) -> Wavefront:
+def wavefront(graph: Graph, params, data, feedforward) -> Front:
     """Backprop's schedule over the value nodes: from the loss outwards, each level's local
     VJP is evaluated once at the feedforward values with its nodes' final `-p_i eps_i`, and
     the result is added to its parents' pulled-back errors and to its parameters' gradients.
     The errors are FPA's equilibrium (`eps_i = -b_i / p_i`, `b_i` the pulled-back sum),
     reached after `graph.depth` levels, with no relaxation step."""
-    precisions = graph.precisions()
+    precisions = [
+        precision_value(e, p) for e, p in zip(graph.energies, feedforward.precisions, strict=True)
+    ]
     values = feedforward.values
     pulled: list[Any] = [None] * len(values)
     grads: list[Any] = [None] * len(params)
@@ -140,7 +143,7 @@ def wavefront(graph: Graph, params, data, feedforward) -> Wavefront:
             grads[k] = g if grads[k] is None else grads[k] + g
     errors = [-_zeros_if_none(b, v) / p for b, v, p in zip(pulled, values, precisions, strict=True)]
     grads = [_zeros_if_none(g, p) for g, p in zip(grads, params, strict=True)]
-    return Wavefront(grads, errors)
+    return Front(grads, errors)
 
 
 def _zeros_if_none(x, like):

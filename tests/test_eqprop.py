@@ -22,7 +22,7 @@ from jax.flatten_util import ravel_pytree
 import pcgraph
 from pcgraph._ebm import AbstractEnergy, HopfieldEnergy, _PCEnergy
 from pcgraph._eqprop import CHL, ContrastiveStats, EqProp, ebm_grad, ebm_relax
-from pcgraph._graph import trace_flat
+from pcgraph._trace import trace_flat
 
 #: Relax every phase to the round-off floor of float64: the sweeps measure the estimators, not
 #: the relaxation.

@@ -204,9 +204,17 @@ def test_bad_beta(beta):
         pcgraph.IL(beta=beta)
 
 
-@pytest.mark.parametrize("precision", [0.0, -2.0, float("inf"), "high", True])
+@pytest.mark.parametrize("precision", [0.0, -2.0, float("inf")])
 def test_bad_node_precision(precision):
-    with pytest.raises(ValueError, match="precision must be a positive, finite Python number"):
+    with pytest.raises(ValueError, match="the precision must be positive and finite"):
+        pcgraph.node(jnp.ones(2), precision=precision)
+    with pytest.raises(ValueError, match="the precision must be positive and finite"):
+        pcgraph.node(jnp.ones(2), energy=pcgraph.Gaussian(precision))
+
+
+@pytest.mark.parametrize("precision", ["high", True, jnp.ones(2)])
+def test_node_precision_shorthand_takes_a_number(precision):
+    with pytest.raises(ValueError, match="`precision=` takes a positive Python number"):
         pcgraph.node(jnp.ones(2), precision=precision)
 
 

@@ -1,5 +1,6 @@
-"""The unchanged-model example: an unmarked equinox CNN trained with IL's defaults reaches
-backprop's held-out accuracy on digits."""
+"""The examples' claims, run as their `--quick` variants: an unmarked equinox CNN trained with
+IL's defaults reaches backprop's held-out accuracy on digits; a generative network classifies
+and completes digits by inference; an amortised start shortens inference."""
 
 import pathlib
 import re
@@ -28,3 +29,49 @@ def test_unchanged_cnn_trains_with_il_defaults_like_backprop():
     backprop, il = float(found[1]), float(found[2])
     assert backprop > 0.85
     assert abs(backprop - il) <= 0.02
+
+
+def _run(name: str, *args: str) -> str:
+    example = pathlib.Path(__file__).parents[1] / "examples" / name
+    result = subprocess.run(
+        [sys.executable, str(example), "--quick", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=example.parents[1],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.replace("\r", "\n")
+
+
+@pytest.mark.slow  # about 40 s on 2 cores
+def test_generative_digits_classifies_and_completes_by_inference(tmp_path):
+    output = _run("generative_digits.py", "--figure", str(tmp_path / "figure.png"))
+    accuracy = float(re.search(r"classification by inference: accuracy ([0-9.]+)", output)[1])
+    ratio = float(re.search(r"completion of the bottom half: mse ratio ([0-9.]+)", output)[1])
+    assert accuracy >= 0.88
+    # Better than the training-set mean image; the goal of 0.6 is not met (see the docs).
+    assert ratio < 0.8
+    assert (tmp_path / "figure.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # about 30 s on 2 cores
+def test_generative_digits_with_bernoulli_pixels(tmp_path):
+    output = _run(
+        "generative_digits.py", "--pixels", "bernoulli", "--figure", str(tmp_path / "f.png")
+    )
+    accuracy = float(re.search(r"classification by inference: accuracy ([0-9.]+)", output)[1])
+    assert accuracy >= 0.75
+
+
+@pytest.mark.slow  # about 60 s on 2 cores
+def test_amortised_start_reaches_the_cold_energy_in_half_the_steps(tmp_path):
+    output = _run("amortised_digits.py", "--figure", str(tmp_path / "figure.png"))
+    start = re.search(
+        r"energy at the start of inference: cold ([0-9.]+), amortised ([0-9.]+)", output
+    )
+    assert float(start[2]) < float(start[1])
+    steps = re.search(
+        r"after (\d+) steps: [0-9.]+; the amortised start reaches it after (\d+) steps", output
+    )
+    assert int(steps[2]) <= int(steps[1]) // 2

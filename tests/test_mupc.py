@@ -3,7 +3,7 @@
 (a) relaxing a deep linear network with IL reproduces the closed-form equilibrium;
 (b) muPC keeps the hidden activities O(1) from 8 to 128 hidden layers, SP does not;
 (c) the activity-Hessian condition number of SP outgrows the identity chain's; muPC's tracks it;
-(d) the parameterisations use exactly the stated constants;
+(d) the parameterisations use exactly the stated constants and are hashable static config;
 (e) the model works with pcgraph.grad, IL and the batch-mean convention; bad input is refused.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from helpers import RTOL, assert_grads_close
 
 import pcgraph
-from pcgraph.nn import ResidualMLP
+from pcgraph.nn import AbstractParameterisation, MuPC, NeuralTangent, ResidualMLP, Standard
 from pcgraph.theory import activity_hessian, linear_equilibrium
 
 
@@ -144,8 +144,8 @@ def test_mupc_activities_stay_order_one_and_sp_explode():
     x = jax.random.normal(jax.random.PRNGKey(0), (32, 64))
     for depth in (8, 32, 128):
         key = jax.random.PRNGKey(depth)
-        mupc = ResidualMLP(depth, 64, 64, 10, parameterisation="mupc", key=key)
-        sp = ResidualMLP(depth, 64, 64, 10, parameterisation="sp", key=key)
+        mupc = ResidualMLP(depth, 64, 64, 10, parameterisation=MuPC(), key=key)
+        sp = ResidualMLP(depth, 64, 64, 10, parameterisation=Standard(), key=key)
         mupc_rms = _unit_rms(mupc.hidden_states(x))
         sp_rms = _unit_rms(sp.hidden_states(x))
         assert np.all((mupc_rms > 0.5) & (mupc_rms < 2.0)), (depth, mupc_rms.min(), mupc_rms.max())
@@ -192,8 +192,8 @@ def test_activity_hessian_condition_number_sp_vs_mupc(x64):
         )
 
     depths = (2, 4, 8, 16)
-    sp = np.array([condition("sp", d) for d in depths])
-    mupc = np.array([condition("mupc", d) for d in depths])
+    sp = np.array([condition(Standard(), d) for d in depths])
+    mupc = np.array([condition(MuPC(), d) for d in depths])
     chain = np.array([_identity_chain_condition(d) for d in depths])
     assert np.all((mupc >= chain) & (mupc <= 4 * chain)), mupc / chain
     assert np.all(np.diff(sp) > 0) and sp[-1] / sp[0] > 100, sp
@@ -261,7 +261,14 @@ def test_activity_hessian_at_given_values(x64):
 # -- (d) the parameterisations ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("parameterisation", ["mupc", "sp", "ntp"])
+PARAMETERISATIONS = [MuPC(), Standard(), NeuralTangent()]
+
+
+def _name(parameterisation) -> str:
+    return type(parameterisation).__name__
+
+
+@pytest.mark.parametrize("parameterisation", PARAMETERISATIONS, ids=_name)
 def test_parameterisation_constants(parameterisation):
     depth, width, in_size, out_size = 6, 64, 32, 10
     model = ResidualMLP(
@@ -274,9 +281,9 @@ def test_parameterisation_constants(parameterisation):
     )
     num_layers = depth + 1
     expected = {
-        "mupc": [1 / math.sqrt(32), *[1 / math.sqrt(64 * 7)] * 5, 1 / 64],
-        "ntp": [1 / math.sqrt(32), *[1 / 8] * 6],
-        "sp": [1.0] * 7,
+        MuPC(): [1 / math.sqrt(32), *[1 / math.sqrt(64 * 7)] * 5, 1 / 64],
+        NeuralTangent(): [1 / math.sqrt(32), *[1 / 8] * 6],
+        Standard(): [1.0] * 7,
     }[parameterisation]
     assert model.scalings == pytest.approx(expected, rel=1e-15)
     assert model.depth == depth
@@ -288,9 +295,10 @@ def test_parameterisation_constants(parameterisation):
     # Weights are N(0, 1) (muPC, NTP) or N(0, 1/fan_in) (SP); the hidden ones have 4096
     # entries each, so their sample std is within 5% of that.
     for w in model.weights[1:-1]:
-        std = float(jnp.std(w)) * (math.sqrt(width) if parameterisation == "sp" else 1.0)
+        std = float(jnp.std(w)) * (math.sqrt(width) if parameterisation == Standard() else 1.0)
         assert abs(std - 1) < 0.05
-    # The multipliers are static: the weights are the only leaves.
+    # The multipliers and the parameterisation are static: the weights are the only leaves.
+    assert model.parameterisation == parameterisation
     assert jax.tree.leaves(model) == list(model.weights)
     assert len(model.scalings) == num_layers
 
@@ -308,10 +316,46 @@ def test_parameterisation_constants(parameterisation):
 def test_sp_and_ntp_agree_at_initialisation():
     """The same draws give the same function: SP folds NTP's 1/sqrt(fan_in) into W."""
     key = jax.random.PRNGKey(2)
-    sp = ResidualMLP(5, 16, 8, 3, parameterisation="sp", key=key)
-    ntp = ResidualMLP(5, 16, 8, 3, parameterisation="ntp", key=key)
+    sp = ResidualMLP(5, 16, 8, 3, parameterisation=Standard(), key=key)
+    ntp = ResidualMLP(5, 16, 8, 3, parameterisation=NeuralTangent(), key=key)
     x = jax.random.normal(jax.random.PRNGKey(3), (4, 8))
     np.testing.assert_allclose(sp(x), ntp(x), rtol=1e-5, atol=1e-6)
+
+
+def test_parameterisations_are_hashable_static_config():
+    """Equal parameterisations compare and hash equal, so models built with equal ones share a
+    tree structure (one jit trace); a new parameterisation is a subclass of the abstract base."""
+    assert MuPC() == MuPC() and hash(MuPC()) == hash(MuPC())
+    assert MuPC() != Standard() and Standard() != NeuralTangent() and MuPC() != NeuralTangent()
+    assert len({*PARAMETERISATIONS, *PARAMETERISATIONS}) == 3
+    assert ResidualMLP(3, 4, 2, 2, key=jax.random.PRNGKey(0)).parameterisation == MuPC()
+
+    def structure(parameterisation, seed):
+        model = ResidualMLP(
+            3, 4, 2, 2, parameterisation=parameterisation, key=jax.random.PRNGKey(seed)
+        )
+        return jax.tree.structure(model)
+
+    for parameterisation in PARAMETERISATIONS:
+        assert structure(parameterisation, 0) == structure(type(parameterisation)(), 1)
+    assert structure(MuPC(), 0) != structure(Standard(), 0)
+
+    with pytest.raises(TypeError, match="abstract"):
+        AbstractParameterisation()
+
+    class Halved(AbstractParameterisation):
+        def scalings(self, depth, width, in_size):
+            return (0.5,) * (depth + 1)
+
+        def init_std(self, fan_in):
+            return 2.0
+
+    key = jax.random.PRNGKey(4)
+    halved = ResidualMLP(3, 4, 2, 2, parameterisation=Halved(), key=key)
+    mupc = ResidualMLP(3, 4, 2, 2, parameterisation=MuPC(), key=key)
+    assert halved.scalings == (0.5,) * 4
+    for w, w_mupc in zip(halved.weights, mupc.weights):
+        np.testing.assert_array_equal(w, 2.0 * w_mupc)
 
 
 def test_graph_is_the_layered_network():
@@ -340,7 +384,7 @@ def _mse(model, x, y):
     return 0.5 * jnp.mean(jnp.sum((model(x) - y) ** 2, axis=-1))
 
 
-@pytest.mark.parametrize("parameterisation", ["mupc", "sp", "ntp"])
+@pytest.mark.parametrize("parameterisation", PARAMETERISATIONS, ids=_name)
 def test_fpa_gradient_equals_jax_grad(parameterisation, dtype):
     model = ResidualMLP(
         6, 8, 5, 3, parameterisation=parameterisation, key=jax.random.PRNGKey(0), dtype=dtype
@@ -413,7 +457,8 @@ def test_batch_mean_convention_matches_layered_pc(x64):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(parameterisation="mup"), ValueError, r"parameterisation='mup'.*'mupc', 'sp', 'ntp'"),
+        (dict(parameterisation="mup"), TypeError, r"'mup'\): must be an instance of pcgraph\.nn\."),
+        (dict(parameterisation=None), TypeError, r"None\): must be an instance of pcgraph\.nn\."),
         (dict(depth=0), ValueError, r"depth=0\): must be a positive int"),
         (dict(depth=2.5), ValueError, r"depth=2.5\): must be a positive int"),
         (dict(width=-1), ValueError, r"width=-1\): must be a positive int"),
@@ -424,6 +469,31 @@ def test_bad_model_arguments(kwargs, error, match):
     arguments = dict(depth=3, width=4, in_size=2, out_size=2) | kwargs
     with pytest.raises(error, match=match):
         ResidualMLP(**arguments, key=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize(
+    "old, new", [("mupc", "MuPC"), ("sp", "Standard"), ("ntp", "NeuralTangent")]
+)
+def test_string_parameterisation_names_its_replacement(old, new):
+    match = rf"parameterisation='{old}'\): .*not a string; pass pcgraph\.nn\.{new}\(\) instead"
+    with pytest.raises(TypeError, match=match):
+        ResidualMLP(3, 4, 2, 2, parameterisation=old, key=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("cls", [MuPC, Standard, NeuralTangent], ids=lambda cls: cls.__name__)
+def test_parameterisation_class_must_be_instantiated(cls):
+    name = rf"pcgraph\.nn\.{cls.__name__}"
+    match = rf"parameterisation={name}\): that is the class, not an instance; instantiate it: "
+    with pytest.raises(TypeError, match=match + rf"`parameterisation={name}\(\)`"):
+        ResidualMLP(3, 4, 2, 2, parameterisation=cls, key=jax.random.PRNGKey(0))
+
+
+def test_abstract_parameterisation_class_is_refused():
+    match = r"abstract class; pass an instance of one of its subclasses, e\.g\. .*MuPC\(\)"
+    with pytest.raises(TypeError, match=match):
+        ResidualMLP(
+            3, 4, 2, 2, parameterisation=AbstractParameterisation, key=jax.random.PRNGKey(0)
+        )
 
 
 def test_bad_theory_arguments(x64):

@@ -312,7 +312,7 @@ def _complex_loss(w, x):
 )
 @pytest.mark.parametrize(
     "algorithm",
-    [pcgraph.FPA(), pcgraph.ZIL(), pcgraph.FPA(schedule="wavefront")],
+    [pcgraph.FPA(), pcgraph.ZIL(), pcgraph.FPA(schedule=pcgraph.Wavefront())],
     ids=["FPA", "ZIL", "wavefront"],
 )
 def test_complex_intermediates_give_jax_grad(loss, placement, algorithm, x64):

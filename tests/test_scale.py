@@ -105,7 +105,7 @@ def _reachable(name: str, computations: dict[str, str]) -> set[str]:
 def test_layers_built_alike_are_traced_once(monkeypatch, algorithm):
     """The prediction pass evaluates alike layers through one shared program, so JAX traces,
     linearises and transposes each kind of layer once, whatever the depth."""
-    from pcgraph import _graph
+    from pcgraph import _segments
 
     def deep(depth):
         keys = jax.random.split(jax.random.PRNGKey(1), depth + 1)
@@ -120,13 +120,13 @@ def test_layers_built_alike_are_traced_once(monkeypatch, algorithm):
             return run(*args)
 
         jax.clear_caches()
-        _graph._segment_program.cache_clear()
-        monkeypatch.setattr(_graph, "_run_segment", counted)
+        _segments._segment_program.cache_clear()
+        monkeypatch.setattr(_segments, "_run_segment", counted)
         jax.make_jaxpr(pcgraph.grad(loss, algorithm=algorithm))(*deep(depth))
-        monkeypatch.setattr(_graph, "_run_segment", run)
+        monkeypatch.setattr(_segments, "_run_segment", run)
         return len(calls)
 
-    run = _graph._run_segment
+    run = _segments._run_segment
     shallow, deeper = segment_traces(3), segment_traces(12)
     assert 0 < shallow == deeper
 

@@ -9,7 +9,8 @@ import pytest
 from helpers import RTOL, assert_grads_close, normal
 
 import pcgraph
-from pcgraph._graph import trace_flat
+from pcgraph._algorithms import Options
+from pcgraph._trace import trace_flat
 
 #: One node per primitive: the carry chain and the head stay separate nodes.
 PRIMITIVES = pcgraph.Primitives()
@@ -266,8 +267,9 @@ def test_unlifted_scans_give_the_same_gradients(name, x64):
         def fpa_grad(params, xs, lift=lift):
             traced = trace_flat(fn, (params, xs), 0, False, lift_scans=lift)
             feedforward = traced.graph.feedforward(traced.params, traced.data)
+            # FPA starts at the feedforward pass: it reads no start.
             solved = pcgraph.FPA().solve(
-                traced.graph, traced.params, traced.data, feedforward, save_energy=False
+                traced.graph, traced.params, traced.data, feedforward, None, Options()
             )
             return traced.unflatten_grads(solved.grads)
 

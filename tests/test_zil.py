@@ -126,7 +126,7 @@ def test_models_have_unequal_paths():
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize(
     "algorithm",
-    [pcgraph.ZIL(), pcgraph.FPA(schedule="wavefront")],
+    [pcgraph.ZIL(), pcgraph.FPA(schedule=pcgraph.Wavefront())],
     ids=["zil", "fpa_wavefront"],
 )
 def test_wavefront_equals_jax_grad(name, algorithm, dtype):
@@ -148,7 +148,7 @@ def test_wavefront_on_the_zoo(name, x64):
 def test_wavefront_errors_are_fpa_equilibrium(x64):
     """The errors and the energies at both ends are FPA's after `graph.depth` steps."""
     loss, params, data = residual(jax.random.key(3), jnp.float64)
-    front = pcgraph.relax(loss, params, *data, algorithm=pcgraph.FPA(schedule="wavefront"))
+    front = pcgraph.relax(loss, params, *data, algorithm=pcgraph.FPA(schedule=pcgraph.Wavefront()))
     fpa = pcgraph.relax(loss, params, *data, algorithm=pcgraph.FPA())
     for name in fpa.errors:
         np.testing.assert_allclose(front.errors[name], fpa.errors[name], rtol=1e-12, atol=1e-15)
@@ -158,7 +158,7 @@ def test_wavefront_errors_are_fpa_equilibrium(x64):
 
 @pytest.mark.parametrize(
     "algorithm",
-    [pcgraph.ZIL(), pcgraph.FPA(schedule="wavefront")],
+    [pcgraph.ZIL(), pcgraph.FPA(schedule=pcgraph.Wavefront())],
     ids=["zil", "fpa_wavefront"],
 )
 def test_wavefront_stats_hold_only_what_it_computes(algorithm, x64):
@@ -188,7 +188,10 @@ def test_zil_relaxation_errors_match_wavefront_per_level(x64):
     middle = graph.depth // 2
     early, full, late = (
         pcgraph.relax(
-            loss, params, *data, algorithm=pcgraph.ZIL(schedule="relaxation", max_steps=steps)
+            loss,
+            params,
+            *data,
+            algorithm=pcgraph.ZIL(schedule=pcgraph.Relaxation(), max_steps=steps),
         )
         for steps in (middle, None, graph.depth + 2)
     )
@@ -327,7 +330,7 @@ def test_zil_relaxation_is_finite_and_exact_without_marks(name, placement, x64):
         loss,
         params,
         *data,
-        algorithm=pcgraph.ZIL(schedule="relaxation"),
+        algorithm=pcgraph.ZIL(schedule=pcgraph.Relaxation()),
         placement=placement,
         save_energy=True,
     )
@@ -343,7 +346,7 @@ def test_zil_relaxation_refuses_half_precision(dtype, tolerance):
     away; the wavefront holds the errors and is as accurate as `jax.grad` in that dtype."""
     loss, params, data = mlp(jax.random.key(10), jnp.float32)
     params, data = jax.tree.map(lambda a: a.astype(dtype), (params, data))
-    literal = pcgraph.grad(loss, algorithm=pcgraph.ZIL(schedule="relaxation"))
+    literal = pcgraph.grad(loss, algorithm=pcgraph.ZIL(schedule=pcgraph.Relaxation()))
     with pytest.raises(
         ValueError,
         match=rf"cannot relax {dtype.dtype.name} node values.*"
@@ -386,9 +389,13 @@ def _relative_difference(a, b):
 
 # Each breaks one of Song et al.'s three conditions. throw=False: a broken run may diverge.
 ABLATIONS = {
-    "step_size_0.9": pcgraph.ZIL(schedule="relaxation", step_size=0.9, throw=False),
-    "all_read_at_last_step": pcgraph.ZIL(schedule="relaxation", timed_updates=False, throw=False),
-    "random_init": pcgraph.ZIL(schedule="relaxation", init="random", throw=False),
+    "step_size_0.9": pcgraph.ZIL(schedule=pcgraph.Relaxation(), step_size=0.9, throw=False),
+    "all_read_at_last_step": pcgraph.ZIL(
+        schedule=pcgraph.Relaxation(), timed_updates=False, throw=False
+    ),
+    "random_init": pcgraph.ZIL(
+        schedule=pcgraph.Relaxation(), init=pcgraph.RandomInit(), throw=False
+    ),
 }
 
 
@@ -400,7 +407,7 @@ def test_zil_training_equals_backprop_and_ablations_drift(name, x64):
     loss, params, data = MODELS[name](jax.random.key(5), jnp.float64)
     backprop = _train(loss, params, data, None)
     assert _relative_difference(params, backprop) > 1e-2  # training moved the weights
-    zil = _train(loss, params, data, pcgraph.ZIL(schedule="relaxation"))
+    zil = _train(loss, params, data, pcgraph.ZIL(schedule=pcgraph.Relaxation()))
     assert _relative_difference(zil, backprop) < 1e-10
     for ablation, algorithm in ABLATIONS.items():
         drift = _relative_difference(_train(loss, params, data, algorithm), backprop)
@@ -410,7 +417,7 @@ def test_zil_training_equals_backprop_and_ablations_drift(name, x64):
 @pytest.mark.slow
 def test_zil_train_step_is_wavefront_train_step(x64):
     loss, params, data = rnn(jax.random.key(6), jnp.float64)
-    literal = _train(loss, params, data, pcgraph.ZIL(schedule="relaxation"), steps=5)
+    literal = _train(loss, params, data, pcgraph.ZIL(schedule=pcgraph.Relaxation()), steps=5)
     exact = _train(loss, params, data, pcgraph.ZIL(), steps=5)
     assert _relative_difference(literal, exact) < 1e-12
 
@@ -491,12 +498,13 @@ def test_train_step_raises_on_divergence():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: pcgraph.ZIL(step_size=0.9), r"Pass ZIL\(schedule='relaxation', step_size=0.9\)"),
-        (lambda: pcgraph.ZIL(schedule="fast"), "the schedule is 'relaxation'"),
-        (lambda: pcgraph.ZIL(schedule="relaxation", init="zeros"), "use 'feedforward' or 'random'"),
-        (lambda: pcgraph.ZIL(schedule="relaxation", max_steps=-1), "non-negative int"),
         (
-            lambda: pcgraph.FPA(schedule="wavefront", stepper=pcgraph.Euler(0.5)),
+            lambda: pcgraph.ZIL(step_size=0.9),
+            r"Pass ZIL\(schedule=pcgraph.Relaxation\(\), step_size=0.9\)",
+        ),
+        (lambda: pcgraph.ZIL(schedule=pcgraph.Relaxation(), max_steps=-1), "non-negative int"),
+        (
+            lambda: pcgraph.FPA(schedule=pcgraph.Wavefront(), stepper=pcgraph.Euler(0.5)),
             "takes no `stepper`",
         ),
         (lambda: pcgraph.IPC(num_steps=0), "a positive int"),
@@ -504,6 +512,28 @@ def test_train_step_raises_on_divergence():
 )
 def test_bad_configurations(make, match):
     with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: pcgraph.ZIL(schedule="fast"), r"pass pcgraph.Relaxation\(\) \(every node"),
+        (lambda: pcgraph.ZIL(schedule="relaxation"), r"pass schedule=pcgraph.Relaxation\(\)"),
+        (lambda: pcgraph.FPA(schedule="wavefront"), r"pass schedule=pcgraph.Wavefront\(\)"),
+        (lambda: pcgraph.FPA(schedule=pcgraph.Wavefront), r"pass pcgraph.Relaxation\(\)"),
+        (
+            lambda: pcgraph.ZIL(schedule=pcgraph.Relaxation(), init="random"),
+            r"pass pcgraph.RandomInit\(seed=0\)",
+        ),
+        (
+            lambda: pcgraph.ZIL(schedule=pcgraph.Relaxation(), init="zeros"),
+            r"pass pcgraph.FeedforwardInit\(\) or pcgraph.RandomInit",
+        ),
+    ],
+)
+def test_string_options_are_refused_with_the_config_object_to_pass(make, match):
+    with pytest.raises(TypeError, match=match):
         make()
 
 
@@ -523,7 +553,7 @@ def test_cost_counts_local_evaluations():
     fpa = pcgraph.cost(graph, pcgraph.FPA())
     assert (fpa.steps, fpa.forward, fpa.vjps) == (6, 2 * n, 8 * n)
     # Z-IL's relaxation also relaxes the 4 identity delays between the stem and the branches.
-    literal = pcgraph.cost(graph, pcgraph.ZIL(schedule="relaxation"))
+    literal = pcgraph.cost(graph, pcgraph.ZIL(schedule=pcgraph.Relaxation()))
     assert (literal.forward, literal.vjps) == (n + 7 * (n + 4), 2 * 7 * (n + 4))
     assert exact.relative_work < fpa.relative_work < il.relative_work
     assert "ZIL (wavefront)" in str(exact) and "backprop" in str(exact)
@@ -554,7 +584,7 @@ def test_level_schedules_need_opaque_scans():
         return jnp.sum(h**2)
 
     args = (jnp.eye(2) * 0.5, jnp.ones((3, 2)))
-    literal = pcgraph.ZIL(schedule="relaxation")
+    literal = pcgraph.ZIL(schedule=pcgraph.Relaxation())
     with pytest.raises(ValueError, match="lift_scans=False"):
         pcgraph.cost(pcgraph.trace(loss, *args), literal)
     # A node per primitive: the scan, then the square (the default placement folds both into

@@ -1,5 +1,11 @@
 """Model constructors whose hidden states are predictive-coding value nodes."""
 
-from ._residual import ResidualMLP as ResidualMLP
+from ._residual import (
+    AbstractParameterisation as AbstractParameterisation,
+    MuPC as MuPC,
+    NeuralTangent as NeuralTangent,
+    ResidualMLP as ResidualMLP,
+    Standard as Standard,
+)
 
-__all__ = ["ResidualMLP"]
+__all__ = ["AbstractParameterisation", "MuPC", "NeuralTangent", "ResidualMLP", "Standard"]

@@ -1,5 +1,7 @@
-"""Residual MLPs in the standard, neural-tangent and muPC parameterisations."""
+"""Residual MLPs in the muPC, standard and neural-tangent parameterisations."""
 
+import abc
+import inspect
 import math
 from collections.abc import Callable
 
@@ -9,23 +11,119 @@ import jax.numpy as jnp
 
 from .._node import node
 
-_PARAMETERISATIONS = ("mupc", "sp", "ntp")
+
+class AbstractParameterisation(eqx.Module):
+    """How a [`pcgraph.nn.ResidualMLP`][] scales its weights: the multipliers `a_l` that
+    multiply each weight matrix in the forward pass, and the standard deviation its entries are
+    drawn from at initialisation.
+
+    Concrete parameterisations are `pcgraph.nn.MuPC()` (the default), `pcgraph.nn.Standard()`
+    and `pcgraph.nn.NeuralTangent()`. They are frozen `eqx.Module`s without fields, so they
+    are hashable, compare equal when they are the same parameterisation, and can sit in the
+    static fields of a model. The three are final: a new parameterisation subclasses this
+    class, not them, and implements both methods.
+    """
+
+    @abc.abstractmethod
+    def scalings(self, depth: int, width: int, in_size: int) -> tuple[float, ...]:
+        """The multipliers `(a_1, ..., a_L)` of the `L = depth + 1` weight matrices of a
+        network with `depth` hidden layers of `width` units and inputs of size `in_size`."""
+
+    @abc.abstractmethod
+    def init_std(self, fan_in: int) -> float:
+        """The standard deviation of the (normal, zero-mean) initial entries of a weight
+        matrix with `fan_in` inputs."""
 
 
-def _scalings(parameterisation: str, depth: int, width: int, in_size: int) -> tuple[float, ...]:
-    """The multipliers `a_1, ..., a_L` of the `L = depth + 1` weight matrices."""
-    num_layers = depth + 1
-    if parameterisation == "mupc":
-        hidden = 1 / math.sqrt(width * num_layers)
+class MuPC(AbstractParameterisation):
+    """muPC, Depth-muP for predictive coding (Innocenti, Achour & Buckley 2025, "μPC: Scaling
+    predictive coding to 100+ layer networks").
+
+    Weights are drawn from `N(0, 1)`, and with `D = in_size`, `N = width` and `L = depth + 1`
+    the multipliers are `a_1 = 1/sqrt(D)`, `a_l = 1/sqrt(N L)` on the residual branches
+    (the Depth-muP branch scaling of Yang et al. 2023, "Tensor Programs VI", and Bordelon et
+    al. 2023) and `a_L = 1/N` on the readout (the muP readout of Yang & Hu 2021, "Tensor
+    Programs IV"). Each residual branch adds a variance of order `1/L`, so every hidden
+    activity stays `O(1)` at any depth.
+    """
+
+    def scalings(self, depth: int, width: int, in_size: int) -> tuple[float, ...]:
+        hidden = 1 / math.sqrt(width * (depth + 1))
         return (1 / math.sqrt(in_size), *([hidden] * (depth - 1)), 1 / width)
-    if parameterisation == "ntp":
+
+    def init_std(self, fan_in: int) -> float:
+        return 1.0
+
+
+class NeuralTangent(AbstractParameterisation):
+    """The neural tangent parameterisation (NTP) of Jacot, Gabriel & Hongler 2018 ("Neural
+    tangent kernel: convergence and generalization in neural networks").
+
+    Weights are drawn from `N(0, 1)` and each matrix is multiplied by `1/sqrt(fan_in)`:
+    `a_1 = 1/sqrt(in_size)` and `a_l = 1/sqrt(width)` for every later layer. It computes the
+    same function at initialisation as `pcgraph.nn.Standard()` from the same draws; the two
+    differ in how a gradient step moves it.
+    """
+
+    def scalings(self, depth: int, width: int, in_size: int) -> tuple[float, ...]:
         return (1 / math.sqrt(in_size), *([1 / math.sqrt(width)] * depth))
-    return (1.0,) * num_layers
+
+    def init_std(self, fan_in: int) -> float:
+        return 1.0
 
 
-def _init_std(parameterisation: str, fan_in: int) -> float:
-    # SP folds the 1/sqrt(fan_in) of NTP into the weights; muPC and NTP draw them from N(0, 1).
-    return 1 / math.sqrt(fan_in) if parameterisation == "sp" else 1.0
+class Standard(AbstractParameterisation):
+    """The standard parameterisation (SP): weights drawn from `N(0, 1/fan_in)`, the LeCun
+    normal initialisation (LeCun et al. 1998, "Efficient BackProp"), and every multiplier
+    `a_l = 1`.
+
+    It folds the `1/sqrt(fan_in)` of `pcgraph.nn.NeuralTangent()` into the weights, so the
+    two compute the same function at initialisation from the same draws (Jacot, Gabriel &
+    Hongler 2018). In a deep residual network its hidden activities grow exponentially with
+    depth (Innocenti, Achour & Buckley 2025).
+    """
+
+    def scalings(self, depth: int, width: int, in_size: int) -> tuple[float, ...]:
+        return (1.0,) * (depth + 1)
+
+    def init_std(self, fan_in: int) -> float:
+        return 1 / math.sqrt(fan_in)
+
+
+# The string options that `parameterisation=` took before it took objects.
+_FORMER_NAMES = {"mupc": MuPC, "sp": Standard, "ntp": NeuralTangent}
+
+
+def _public_name(cls: type) -> str:
+    return f"pcgraph.nn.{cls.__name__}" if cls.__module__ == __name__ else cls.__qualname__
+
+
+def _check_parameterisation(parameterisation) -> None:
+    if isinstance(parameterisation, AbstractParameterisation):
+        return
+    where = f"ResidualMLP(parameterisation={parameterisation!r})"
+    if isinstance(parameterisation, type) and issubclass(
+        parameterisation, AbstractParameterisation
+    ):
+        where = f"ResidualMLP(parameterisation={_public_name(parameterisation)})"
+        if inspect.isabstract(parameterisation):
+            raise TypeError(
+                f"{where}: that is an abstract class; pass an instance of one of its "
+                "subclasses, e.g. `parameterisation=pcgraph.nn.MuPC()`."
+            )
+        raise TypeError(
+            f"{where}: that is the class, not an instance; instantiate it: "
+            f"`parameterisation={_public_name(parameterisation)}()`."
+        )
+    if isinstance(parameterisation, str) and parameterisation.lower() in _FORMER_NAMES:
+        name = _public_name(_FORMER_NAMES[parameterisation.lower()])
+        raise TypeError(
+            f"{where}: a parameterisation is an object, not a string; pass {name}() instead."
+        )
+    raise TypeError(
+        f"{where}: must be an instance of pcgraph.nn.AbstractParameterisation: "
+        "pcgraph.nn.MuPC() (the default), pcgraph.nn.Standard() or pcgraph.nn.NeuralTangent()."
+    )
 
 
 class ResidualMLP(eqx.Module):
@@ -44,9 +142,9 @@ class ResidualMLP(eqx.Module):
 
     | `parameterisation` | `W_l` drawn from | `a_1` | `a_l`, `2 <= l <= L-1` | `a_L` |
     |---|---|---|---|---|
-    | `"mupc"` (Depth-muP for PC) | `N(0, 1)` | `1/sqrt(D)` | `1/sqrt(N L)` | `1/N` |
-    | `"ntp"` (neural tangent) | `N(0, 1)` | `1/sqrt(D)` | `1/sqrt(N)` | `1/sqrt(N)` |
-    | `"sp"` (standard) | `N(0, 1/fan_in)` (LeCun normal) | `1` | `1` | `1` |
+    | `MuPC()` (Depth-muP for PC) | `N(0, 1)` | `1/sqrt(D)` | `1/sqrt(N L)` | `1/N` |
+    | `NeuralTangent()` (NTP) | `N(0, 1)` | `1/sqrt(D)` | `1/sqrt(N)` | `1/sqrt(N)` |
+    | `Standard()` (SP) | `N(0, 1/fan_in)` (LeCun normal) | `1` | `1` | `1` |
 
     SP and NTP compute the same function at initialisation (the same draws give the same
     outputs); they differ in how a gradient step moves it. muPC keeps every hidden activity
@@ -69,7 +167,9 @@ class ResidualMLP(eqx.Module):
         block).
     - `width`: the hidden width `N`.
     - `in_size`, `out_size`: the input dimension `D` and the output dimension.
-    - `parameterisation`: `"mupc"` (the default), `"sp"` or `"ntp"`.
+    - `parameterisation`: a `pcgraph.nn.AbstractParameterisation` instance:
+        `pcgraph.nn.MuPC()` (the default), `pcgraph.nn.Standard()` or
+        `pcgraph.nn.NeuralTangent()`.
     - `activation`: the elementwise nonlinearity `phi`; `jax.nn.relu` by default.
     - `key`: a `jax.random` key for the weights.
     - `mark_nodes`: mark the hidden states as predictive-coding value nodes.
@@ -79,11 +179,12 @@ class ResidualMLP(eqx.Module):
 
     - `weights`: the tuple `(W_1, ..., W_L)`, the trainable leaves.
     - `scalings`: the tuple `(a_1, ..., a_L)` of Python floats (static).
+    - `parameterisation`: the parameterisation it was built with (static).
     """
 
     weights: tuple[jax.Array, ...]
     scalings: tuple[float, ...] = eqx.field(static=True)
-    parameterisation: str = eqx.field(static=True)
+    parameterisation: AbstractParameterisation = eqx.field(static=True)
     activation: Callable[[jax.Array], jax.Array] = eqx.field(static=True)
     mark_nodes: bool = eqx.field(static=True)
 
@@ -94,7 +195,7 @@ class ResidualMLP(eqx.Module):
         in_size: int,
         out_size: int,
         *,
-        parameterisation: str = "mupc",
+        parameterisation: AbstractParameterisation = MuPC(),  # noqa: B008 (frozen, immutable)
         activation: Callable[[jax.Array], jax.Array] = jax.nn.relu,
         key: jax.Array,
         mark_nodes: bool = True,
@@ -111,12 +212,7 @@ class ResidualMLP(eqx.Module):
                     f"ResidualMLP({name}={value!r}): must be a positive int, e.g. "
                     f"`ResidualMLP(depth=8, width=128, in_size=64, out_size=10, key=key)`."
                 )
-        if parameterisation not in _PARAMETERISATIONS:
-            raise ValueError(
-                f"ResidualMLP(parameterisation={parameterisation!r}) is not known; pass one of "
-                + ", ".join(repr(p) for p in _PARAMETERISATIONS)
-                + "."
-            )
+        _check_parameterisation(parameterisation)
         if not callable(activation):
             raise TypeError(
                 f"ResidualMLP(activation={activation!r}): must be a callable such as `jax.nn.relu`."
@@ -125,10 +221,10 @@ class ResidualMLP(eqx.Module):
         shapes = [(width, in_size), *[(width, width)] * (depth - 1), (out_size, width)]
         keys = jax.random.split(key, len(shapes))
         self.weights = tuple(
-            _init_std(parameterisation, shape[1]) * jax.random.normal(k, shape, dtype)
+            parameterisation.init_std(shape[1]) * jax.random.normal(k, shape, dtype)
             for k, shape in zip(keys, shapes, strict=True)
         )
-        self.scalings = _scalings(parameterisation, depth, width, in_size)
+        self.scalings = parameterisation.scalings(depth, width, in_size)
         self.parameterisation = parameterisation
         self.activation = activation
         self.mark_nodes = mark_nodes

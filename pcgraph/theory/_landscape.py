@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from .._algorithms import _inference_energy
-from .._graph import trace_flat
+from .._energy import GraphEnergy, State
+from .._trace import trace_flat
 
 
 class ActivityHessian(NamedTuple):
@@ -103,8 +103,8 @@ def _activity_hessian(fn, args, argnums, has_aux, beta, values, max_size) -> Act
             )
         start = [jnp.asarray(values[name]) for name in graph.node_names]
     flat, unravel = ravel_pytree(start)
-    energy = _inference_energy(graph, data, feedforward.frozen, beta)
-    matrix = jax.hessian(lambda v: energy(unravel(v), params))(flat)
+    energy = GraphEnergy(graph, data, feedforward.frozen, beta)
+    matrix = jax.hessian(lambda v: energy(State(unravel(v), []), params))(flat)
     matrix = (matrix + matrix.T) / 2  # symmetric up to round-off; eigvalsh reads one triangle
     eigenvalues = jnp.linalg.eigvalsh(matrix)
     magnitudes = jnp.abs(eigenvalues)

@@ -1,0 +1,251 @@
+"""The energy of a predictive-coding graph, defined once.
+
+Each value node `i` contributes a term `E_i(v_i, mu_i)`: the negative log-density of its value
+given its prediction (Rao & Ballard 1999; Friston 2005; Bogacz 2017). The graph's energy is
+
+    F(values, latents; params) = sum_i E_i(v_i, mu_i) + beta * loss,
+
+with every prediction `mu_i` computed from the values of the node's parents, and the loss
+(the function's negative log joint of what it observes) from the values that feed it. Every
+algorithm relaxes this `F` or a linearisation of it, and every parameter reads its gradient
+off it locally: `dF/dtheta` at fixed values involves only the predictions that `theta` makes.
+"""
+
+import abc
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+if TYPE_CHECKING:
+    from ._graph import Graph, Predictions
+
+PyTree = Any
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+class AbstractNodeEnergy(eqx.Module):
+    """How a value node's value is scored against its prediction: the node's term in the
+    energy, a negative log-density up to a constant. Pass one to
+    [`pcgraph.node`][]`(x, energy=...)`."""
+
+    @abc.abstractmethod
+    def __call__(self, value: jax.Array, prediction: jax.Array, precision=None) -> jax.Array:
+        """The energy term `E(value, prediction)`, a scalar summed over every entry. Use it in a
+        loss to score what the function observes with the same term, e.g.
+        `pcgraph.Gaussian(10.0)(image, mean)`. `precision` is a precision computed for the node,
+        which replaces the energy's own (pcgraph passes it for a computed precision)."""
+
+    @abc.abstractmethod
+    def mean(self, prediction: jax.Array) -> jax.Array:
+        """The node's expected value given its prediction: where its value starts, and the
+        value the plain function computes."""
+
+    def error(self, value: jax.Array, prediction: jax.Array) -> jax.Array:
+        """The prediction error `value - mean(prediction)`."""
+        return value - self.mean(prediction)
+
+    def in_support(self, value: jax.Array) -> jax.Array:
+        """Whether every entry of `value` lies where the density is defined."""
+        return jnp.asarray(True)
+
+    @property
+    def describe(self) -> str:
+        return type(self).__name__.lower()
+
+
+class Gaussian(AbstractNodeEnergy):
+    """A Gaussian node: `E = p/2 ||v - mu||^2`, with the prediction `mu` as the mean.
+
+    **Arguments:**
+
+    - `precision`: the inverse variance `p`: a positive Python number, an array broadcastable
+        to the node (one precision per unit), or a value computed from the differentiated
+        arguments, e.g. `jnp.exp(params["log_precision"])`: a *learnable* precision. With an
+        array the term is the full negative log-density up to a constant,
+        `1/2 sum p (v - mu)^2 - 1/2 sum log p`, so its local gradient
+        `1/2 (eps^2 - 1/p)` vanishes where `p` is the inverse error variance (Friston 2005;
+        Bogacz 2017). With a Python number `-1/2 log p` is a constant and is left out.
+    """
+
+    precision: float | jax.Array = 1.0
+
+    def __check_init__(self):
+        if _is_number(self.precision) and not (
+            math.isfinite(self.precision) and self.precision > 0
+        ):
+            raise ValueError(
+                f"pcgraph.Gaussian(precision={self.precision!r}): the precision must be "
+                "positive and finite, e.g. `precision=2.0`; a learnable one can be kept "
+                "positive as `jnp.exp(log_precision)`."
+            )
+
+    def __call__(self, value, prediction, precision=None):
+        errors = value - prediction
+        precision = self.precision if precision is None else precision
+        if _is_number(precision):
+            # One expression for a constant precision, so that results do not move by round-off.
+            return jnp.sum(errors**2) * (precision / 2)
+        precision = jnp.broadcast_to(precision, errors.shape)
+        return (jnp.sum(precision * errors**2) - jnp.sum(jnp.log(precision))) / 2
+
+    def mean(self, prediction):
+        return prediction
+
+
+class Bernoulli(AbstractNodeEnergy):
+    """A Bernoulli node for values in `[0, 1]`, with the prediction as logits `mu`:
+    `E = sum softplus(mu) - v mu`, the binary cross-entropy of `v` against `sigmoid(mu)`.
+    The node's value starts at `sigmoid(mu)`, which is also what `pcgraph.node` returns.
+    A relaxation that moves the value out of `[0, 1]` fails with a message saying so."""
+
+    def __call__(self, value, prediction, precision=None):
+        return jnp.sum(jax.nn.softplus(prediction) - value * prediction)
+
+    def mean(self, prediction):
+        return jax.nn.sigmoid(prediction)
+
+    def in_support(self, value):
+        return jnp.all((value >= 0) & (value <= 1))
+
+
+class Categorical(AbstractNodeEnergy):
+    """A categorical node over the last axis, with the prediction as logits `mu`:
+    `E = -sum v log softmax(mu)`, the cross-entropy of the probabilities `v` against
+    `softmax(mu)`. The node's value starts at `softmax(mu)`, which is also what `pcgraph.node`
+    returns; a relaxation that moves an entry out of `[0, 1]` fails with a message saying
+    so."""
+
+    def __call__(self, value, prediction, precision=None):
+        return -jnp.sum(value * jax.nn.log_softmax(prediction, axis=-1))
+
+    def mean(self, prediction):
+        return jax.nn.softmax(prediction, axis=-1)
+
+    def in_support(self, value):
+        return jnp.all((value >= 0) & (value <= 1))
+
+
+def node_energies(graph: "Graph", values, predictions: "Predictions") -> list[jax.Array]:
+    """Each node's term `E_i(v_i, mu_i)`."""
+    return [
+        energy(v, mu, p)
+        for energy, v, mu, p in zip(
+            graph.energies, values, predictions.mus, predictions.precisions, strict=True
+        )
+    ]
+
+
+def errors(graph: "Graph", values, mus) -> list[jax.Array]:
+    """Each node's prediction error `v_i - mean(mu_i)`."""
+    return [e.error(v, mu) for e, v, mu in zip(graph.energies, values, mus, strict=True)]
+
+
+def total(terms: Sequence[jax.Array]) -> jax.Array:
+    """The nodes' part of the energy, `sum_i E_i`."""
+    # One sum over a stack of per-node terms: a chain of scalar additions, one per node,
+    # compiles far more slowly in deep graphs.
+    return jnp.sum(jnp.stack(list(terms))) if terms else jnp.asarray(0.0)
+
+
+def precision_value(energy: AbstractNodeEnergy, precision):
+    """A Gaussian node's precision: its Python number, or the array computed for it."""
+    return energy.precision if precision is None else precision
+
+
+def error_energy(energy: AbstractNodeEnergy, error, precision) -> jax.Array:
+    """A Gaussian node's term from its error alone (for the algorithms that hold errors
+    rather than values)."""
+    return energy(error, jnp.zeros_like(error), precision)
+
+
+def error_energies(graph: "Graph", errors, precisions) -> list[jax.Array]:
+    """Each Gaussian node's term from its error alone."""
+    return [
+        error_energy(energy, e, p)
+        for energy, e, p in zip(graph.energies, errors, precisions, strict=True)
+    ]
+
+
+class State(NamedTuple):
+    """What a value relaxation moves: the node values and the latent arguments' leaves."""
+
+    values: list[jax.Array]
+    latents: list[jax.Array]
+
+
+class GraphEnergy(eqx.Module):
+    """`F(state; params) = sum_i E_i(v_i, mu_i) + beta * loss` of one traced call, with the
+    latent leaves of `state` standing in for their arguments."""
+
+    graph: "Graph" = eqx.field(static=True)
+    data: list[Any]
+    frozen: list[Any]
+    beta: float
+
+    def predictions(self, state: State, params) -> "Predictions":
+        data = list(self.data)
+        for position, latent in zip(self.graph.latent_positions, state.latents, strict=True):
+            data[position] = latent
+        return self.graph.predict(state.values, params, data, self.frozen)
+
+    def terms(self, state: State, params) -> tuple[list[jax.Array], "Predictions"]:
+        """Each node's energy, and the predictions they were computed from."""
+        predictions = self.predictions(state, params)
+        return node_energies(self.graph, state.values, predictions), predictions
+
+    def evaluate(self, state: State, params) -> tuple[jax.Array, "Predictions"]:
+        """`F`, and the predictions it was computed from."""
+        terms, predictions = self.terms(state, params)
+        return total(terms) + self.beta * predictions.loss, predictions
+
+    def __call__(self, state: State, params) -> jax.Array:
+        return self.evaluate(state, params)[0]
+
+    def force_fn(self, params, observed: Sequence[Any]):
+        """`state -> (F, -dF/dstate)` at fixed `params`; the force on the observed entries of
+        the latents (`observed`: a boolean mask per latent leaf, or None) is zero."""
+
+        def force_fn(state):
+            value, grad = jax.value_and_grad(self)(state, params)
+            return value, self.force(grad, observed)
+
+        return force_fn
+
+    @staticmethod
+    def force(grad: State, observed: Sequence[Any]) -> State:
+        """`-dF/dstate`, zero on the observed entries of the latents."""
+        force = jax.tree.map(jnp.negative, grad)
+        latents = [
+            f if mask is None else jnp.where(mask, jnp.zeros_like(f), f)
+            for f, mask in zip(force.latents, observed, strict=True)
+        ]
+        return State(force.values, latents)
+
+    def in_support(self, state: State) -> jax.Array:
+        """Whether every Bernoulli or categorical node's value lies in `[0, 1]`."""
+        checks = [
+            energy.in_support(v)
+            for energy, v in zip(self.graph.energies, state.values, strict=True)
+            if not isinstance(energy, Gaussian)
+        ]
+        return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+    def record(self, state: State, params, saveat) -> dict[str, Any]:
+        """What `saveat` asks to record at one step: each node's energy, and optionally its
+        value and error, keyed by node name."""
+        terms, predictions = self.terms(state, params)
+        names = self.graph.node_names
+        out: dict[str, Any] = {"energies": dict(zip(names, terms, strict=True))}
+        if saveat.values:
+            out["values"] = dict(zip(names, state.values, strict=True))
+        if saveat.errors:
+            found = errors(self.graph, state.values, predictions.mus)
+            out["errors"] = dict(zip(names, found, strict=True))
+        return out
