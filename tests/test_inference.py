@@ -71,8 +71,11 @@ def _two_layer(energy):
     "energy, target",
     # The loss pulls the value to `target + (its force)`: targets that keep the Bernoulli
     # (force: the logit) and categorical (force: the log-probability) values in [0, 1].
-    [(pcgraph.Gaussian(2.0), 0.5), (pcgraph.Bernoulli(), 0.5), (pcgraph.Categorical(), 1.0)],
-    ids=["gaussian", "bernoulli", "categorical"],
+    [
+        pytest.param(pcgraph.Gaussian(2.0), 0.5, id="gaussian", marks=pytest.mark.slow),
+        pytest.param(pcgraph.Bernoulli(), 0.5, id="bernoulli"),
+        pytest.param(pcgraph.Categorical(), 1.0, id="categorical", marks=pytest.mark.slow),
+    ],
 )
 def test_local_gradients_are_the_energy_gradient_at_equilibrium(energy, target, x64):
     """IL reads `dF/dtheta` at the relaxed values: check it against `jax.grad` of the
@@ -166,6 +169,7 @@ def test_learned_precision_gradient_includes_the_log_determinant(x64):
     assert pcgraph.trace(f, params, x).nodes[0].computed_precision
 
 
+@pytest.mark.slow  # about 15 s on 2 cores
 def test_learned_observation_precision_matches_the_noise():
     """y = W x + noise with per-unit noise deviations spread over 0.1-1.0: a per-unit
     precision, learned with the same Gaussian energy as the loss's term, matches 1/sigma^2
