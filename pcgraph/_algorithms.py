@@ -86,8 +86,9 @@ class AbstractAlgorithm(eqx.Module):
         for info in graph.nodes:
             if not isinstance(info.energy, Gaussian):
                 raise ValueError(
-                    f"pcgraph.{name} linearises Gaussian errors, but node `{info.name}` has a "
-                    f"{info.energy.describe} energy. {fix}"
+                    f"pcgraph.{name} takes the feedforward pass for the free equilibrium (every "
+                    "error zero), which holds for Gaussian nodes only, but node "
+                    f"`{info.name}` has a {info.energy.describe} energy. {fix}"
                 )
         if graph.learned_precisions:
             raise ValueError(
