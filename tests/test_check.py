@@ -19,6 +19,7 @@ def test_fpa_report_is_exact(x64):
     report.assert_close(rtol=1e-10, atol=0)
 
 
+@pytest.mark.slow
 def test_il_report_shows_the_approximation(x64):
     fn, args, _ = tanh_mlp(jax.random.PRNGKey(1), jnp.float64, mark=True)
     report = pcgraph.check_grad(fn, *args, algorithm=pcgraph.IL(beta=1.0, max_steps=200))

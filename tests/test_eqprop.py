@@ -255,6 +255,7 @@ def test_chl_is_the_gradient_of_the_contrastive_objective(x64):
     assert cosine(grads[2], clamped) > 0.99 > cosine(grads[1], clamped)
 
 
+@pytest.mark.slow
 def test_chl_bias_grows_as_the_clamp_tightens_on_an_mlp(x64):
     """The tanh MLP with a squared error: as beta grows CHL converges (changes shrink like
     1/beta) to the gradient of the clamped energy, far from the loss gradient."""

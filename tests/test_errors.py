@@ -177,6 +177,7 @@ def test_missed_tolerance_raises_when_asked_for():
         pcgraph.grad(fn, algorithm=algorithm)(*args)
 
 
+@pytest.mark.slow
 def test_failures_are_reported_without_throw():
     fn, args = tanh_mlp(jax.random.PRNGKey(3), jnp.float32, mark=True)[:2]
     algorithm = pcgraph.IL(stepper=pcgraph.Euler(5.0), max_steps=50, throw=False)

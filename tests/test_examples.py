@@ -44,14 +44,13 @@ def _run(name: str, *args: str) -> str:
     return result.stdout.replace("\r", "\n")
 
 
-@pytest.mark.slow  # about 40 s on 2 cores
+@pytest.mark.slow  # about 60 s on 2 cores
 def test_generative_digits_classifies_and_completes_by_inference(tmp_path):
     output = _run("generative_digits.py", "--figure", str(tmp_path / "figure.png"))
     accuracy = float(re.search(r"classification by inference: accuracy ([0-9.]+)", output)[1])
     ratio = float(re.search(r"completion of the bottom half: mse ratio ([0-9.]+)", output)[1])
     assert accuracy >= 0.88
-    # Better than the training-set mean image; the goal of 0.6 is not met (see the docs).
-    assert ratio < 0.8
+    assert ratio <= 0.6
     assert (tmp_path / "figure.png").stat().st_size > 0
 
 

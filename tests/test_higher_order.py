@@ -60,6 +60,7 @@ def test_fpa_hessian_in_both_modes(x64):
     assert_grads_close(pc, reference, 1e-8)
 
 
+@pytest.mark.slow
 def test_grad_of_il_grad_matches_finite_differences(x64):
     fn, (params, *data) = small_mlp(jax.random.PRNGKey(2))
     il = pcgraph.IL(stepper=pcgraph.Euler(0.1), max_steps=100, rtol=None)

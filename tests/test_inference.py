@@ -250,6 +250,7 @@ def test_latent_map_inference_matches_the_closed_form(x64):
     assert pcgraph.relax(neg_log_joint, params, z0, y, latents=1).latents.shape == z0.shape
 
 
+@pytest.mark.slow
 def test_observed_entries_stay_clamped(x64):
     neg_log_joint, params, y, z_map = _linear_gaussian(jnp.float64)
     start = jnp.full_like(z_map, 0.3)

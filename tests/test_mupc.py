@@ -228,6 +228,7 @@ def test_activity_hessian_of_linear_chain_is_block_tridiagonal(x64):
     assert float(hessian.condition_number) == pytest.approx(eigs.max() / eigs.min(), rel=1e-10)
 
 
+@pytest.mark.slow
 def test_activity_hessian_at_given_values(x64):
     """`values=Solution.values` evaluates the Hessian at the equilibrium of a nonlinear network,
     where it differs from the feedforward one; both equal the Hessian of the energy written
