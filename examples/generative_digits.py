@@ -2,9 +2,9 @@
 inference.
 
 The model runs top-down, label -> hidden -> image (Rao & Ballard 1999; Bogacz 2017). Its energy
-is a negative log joint: a Gaussian hidden node around its prediction from the label, and
-Gaussian (or, with `--pixels bernoulli`, Bernoulli) pixels around their prediction from the
-hidden layer. The label and the image are both *latent arguments* of one function
+is a negative log joint: a Gaussian prior on the label, a Gaussian hidden node around its
+prediction from the label, and Gaussian (or, with `--pixels bernoulli`, Bernoulli) pixels around
+their prediction from the hidden layer. The label and the image are both *latent arguments* of one function
 (`latents=(1, 2)`), observed or inferred by the relaxation as each task needs:
 
 - training (`pcgraph.train_step` with IL, Whittington & Bogacz 2017): both observed, the
