@@ -344,15 +344,9 @@ class FPA(AbstractAlgorithm):
             return energy, force
 
         def record(errors):
-            names = graph.node_names
             terms = _energy.error_energies(graph, errors, precisions)
-            out = {"energies": dict(zip(names, terms, strict=True))}
-            if options.saveat.values:
-                values = [v + e for v, e in zip(feedforward.values, errors, strict=True)]
-                out["values"] = dict(zip(names, values, strict=True))
-            if options.saveat.errors:
-                out["errors"] = dict(zip(names, errors, strict=True))
-            return out
+            values = [v + e for v, e in zip(feedforward.values, errors, strict=True)]
+            return _energy.recorded(graph, options.saveat, terms, values, errors)
 
         errors, stats = relax(
             force_fn,

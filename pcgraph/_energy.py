@@ -241,11 +241,17 @@ class GraphEnergy(eqx.Module):
         """What `saveat` asks to record at one step: each node's energy, and optionally its
         value and error, keyed by node name."""
         terms, predictions = self.terms(state, params)
-        names = self.graph.node_names
-        out: dict[str, Any] = {"energies": dict(zip(names, terms, strict=True))}
-        if saveat.values:
-            out["values"] = dict(zip(names, state.values, strict=True))
-        if saveat.errors:
-            found = errors(self.graph, state.values, predictions.mus)
-            out["errors"] = dict(zip(names, found, strict=True))
-        return out
+        found = errors(self.graph, state.values, predictions.mus)
+        return recorded(self.graph, saveat, terms, state.values, found)
+
+
+def recorded(graph: "Graph", saveat, terms, values, errors) -> dict[str, Any]:
+    """One step's record for `saveat`: each node's energy term, and its value and error when
+    asked for, keyed by node name."""
+    names = graph.node_names
+    out: dict[str, Any] = {"energies": dict(zip(names, terms, strict=True))}
+    if saveat.values:
+        out["values"] = dict(zip(names, values, strict=True))
+    if saveat.errors:
+        out["errors"] = dict(zip(names, errors, strict=True))
+    return out
