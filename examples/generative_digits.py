@@ -4,8 +4,8 @@ inference.
 The model runs top-down, label -> hidden -> image (Rao & Ballard 1999; Bogacz 2017). Its energy
 is a negative log joint: a Gaussian prior on the label, a Gaussian hidden node around its
 prediction from the label, and Gaussian (or, with `--pixels bernoulli`, Bernoulli) pixels around
-their prediction from the hidden layer. The label and the image are both *latent arguments* of one function
-(`latents=(1, 2)`), observed or inferred by the relaxation as each task needs:
+their prediction from the hidden layer. The label and the image are both *latent arguments* of
+one function (`latents=(1, 2)`), observed or inferred by the relaxation as each task needs:
 
 - training (`pcgraph.train_step` with IL, Whittington & Bogacz 2017): both observed, the
   hidden layer relaxes, and the weights learn from the local errors;
@@ -152,7 +152,13 @@ def complete(neg_log_joint, params, images, mean_image):
     return solution.latents[1]
 
 
-def save_figure(path, images, completed, generated):
+def save_figure(
+    path,
+    images,
+    completed,
+    generated,
+    title="Generative PC on digits: completion of the bottom half, and generation per label",
+):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +177,7 @@ def save_figure(path, images, completed, generated):
         axes[r, 0].set_ylabel(title, fontsize=9)
     for k in range(10):
         axes[3, k].set_xlabel(str(k), fontsize=9)
-    fig.suptitle("Generative PC on digits: completion of the bottom half, and generation per label")
+    fig.suptitle(title)
     save(fig, path)
 
 

@@ -1,7 +1,8 @@
 """pcgraph: predictive coding as a drop-in replacement for `jax.grad`."""
 
-from . import nn as nn, theory as theory
+from . import datasets as datasets, nn as nn, theory as theory
 from ._algorithms import (
+    EPC as EPC,
     FPA as FPA,
     IL as IL,
     IPC as IPC,
@@ -65,6 +66,7 @@ from ._steppers import (
     AbstractStepper as AbstractStepper,
     DiffraxStepper as DiffraxStepper,
     Euler as Euler,
+    Langevin as Langevin,
     Momentum as Momentum,
     OptaxStepper as OptaxStepper,
 )
@@ -96,6 +98,7 @@ __all__ = [
     "ebm_relax",
     "FPA",
     "IL",
+    "EPC",
     "IPC",
     "ZIL",
     "TrainInfo",
@@ -111,6 +114,7 @@ __all__ = [
     "AbstractStepper",
     "DiffraxStepper",
     "Euler",
+    "Langevin",
     "Momentum",
     "GradReport",
     "Graph",

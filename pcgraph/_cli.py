@@ -128,7 +128,7 @@ def _algorithm(name: str | None, kwargs: dict):
                 "algorithm instance such as pcgraph.IL(beta=0.1)."
             )
         return algorithm
-    return {"fpa": pcgraph.FPA, "il": pcgraph.IL}[name]()
+    return {"fpa": pcgraph.FPA, "il": pcgraph.IL, "epc": pcgraph.EPC}[name]()
 
 
 def _failing_leaves(report, rtol: float, atol: float) -> list[str]:
@@ -278,8 +278,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("target", metavar="FILE.py:FACTORY", help="the file and factory")
     check.add_argument(
         "--algorithm",
-        choices=("fpa", "il"),
-        help="FPA (exact) or IL (approximate) with default settings; overrides the factory's "
+        choices=("fpa", "il", "epc"),
+        help="FPA (exact), IL or EPC (approximate) with default settings; overrides the "
+        "factory's "
         "kwargs['algorithm'] (default: the factory's, else FPA)",
     )
     check.add_argument(

@@ -3,7 +3,7 @@ Zahid, Guo & Fountas 2023): sequential steps, local forward evaluations and loca
 
 import equinox as eqx
 
-from ._algorithms import FPA, IL, IPC, ZIL, AbstractAlgorithm, Wavefront
+from ._algorithms import EPC, FPA, IL, IPC, ZIL, AbstractAlgorithm, Wavefront
 from ._graph import Graph
 from ._relax import RelaxationStats
 from ._schedule import delays
@@ -19,8 +19,11 @@ class CostReport(eqx.Module):
     **Attributes:**
 
     - `algorithm`: the algorithm's name and schedule.
-    - `steps`: sequential relaxation steps (for backprop: the levels of its backward pass,
-        `graph.depth`; no PC algorithm can propagate the loss's error to every node in fewer).
+    - `steps`: sequential steps: relaxation steps, each evaluating every node at once (for
+        backprop: the levels of its backward pass, `graph.depth`; no PC algorithm can
+        propagate the loss's error to every node in fewer). A step of [`pcgraph.EPC`][]
+        backpropagates through the forward pass level by level, so it counts `graph.depth`
+        (the levels of its backward sweep, as backprop's are counted).
     - `forward`, `vjps`: local forward evaluations and local VJPs.
     - `backprop_steps`, `backprop_forward`, `backprop_vjps`: the same for `jax.grad`, which
         evaluates every node once forward and once backward.
@@ -70,8 +73,8 @@ def cost(
     **Arguments:**
 
     - `graph`: from [`pcgraph.trace`][].
-    - `algorithm`: [`pcgraph.IL`][], [`pcgraph.FPA`][], [`pcgraph.ZIL`][] or
-        [`pcgraph.IPC`][].
+    - `algorithm`: [`pcgraph.IL`][], [`pcgraph.EPC`][], [`pcgraph.FPA`][], [`pcgraph.ZIL`][]
+        or [`pcgraph.IPC`][].
     - `stats`: the [`pcgraph.RelaxationStats`][] of a run (e.g. `pcgraph.relax(...).stats`),
         to count the steps it actually took; otherwise the algorithm's step budget is used
         (`max_steps`, or `graph.depth` where that is the default).
@@ -112,6 +115,13 @@ def cost(
         # one VJP of the predictions for the read-out.
         steps = steps_taken(algorithm.max_steps)
         name, forward, vjps = "IL", feedforward + (steps + 2) * n, (steps + 2) * n
+    elif isinstance(algorithm, EPC):
+        # Each force is a forward pass from the errors and its VJP, the same work as IL's
+        # force, but swept level by level; then the values' forward pass and the read-out.
+        relaxation_steps = steps_taken(algorithm.max_steps)
+        steps = relaxation_steps * depth
+        forward = feedforward + (relaxation_steps + 3) * n
+        name, vjps = "EPC", (relaxation_steps + 2) * n
     elif isinstance(algorithm, FPA):
         # One linearisation, then one transposed VJP per force and one for the read-out.
         steps = steps_taken(depth if algorithm.max_steps is None else algorithm.max_steps)
@@ -128,7 +138,8 @@ def cost(
         name, forward, vjps = "IPC", feedforward + (steps + 1) * n, (steps + 1) * n
     else:
         raise TypeError(
-            f"pcgraph.cost counts pcgraph.IL, FPA, ZIL and IPC; got {type(algorithm).__name__}."
+            f"pcgraph.cost counts pcgraph.IL, EPC, FPA, ZIL and IPC; got "
+            f"{type(algorithm).__name__}."
         )
     return CostReport(
         algorithm=name,

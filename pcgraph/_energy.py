@@ -189,11 +189,29 @@ class GraphEnergy(eqx.Module):
     frozen: list[Any]
     beta: float
 
-    def predictions(self, state: State, params) -> "Predictions":
+    def _data(self, latents) -> list[Any]:
         data = list(self.data)
-        for position, latent in zip(self.graph.latent_positions, state.latents, strict=True):
+        for position, latent in zip(self.graph.latent_positions, latents, strict=True):
             data[position] = latent
-        return self.graph.predict(state.values, params, data, self.frozen)
+        return data
+
+    def predictions(self, state: State, params) -> "Predictions":
+        return self.graph.predict(state.values, params, self._data(state.latents), self.frozen)
+
+    def forward(self, errors: State, params) -> tuple[State, "Predictions"]:
+        """The value state whose node errors are `errors.values` (its latents those of
+        `errors`), and its predictions: the reparameterisation of error optimisation
+        (Goemaere et al. 2025)."""
+        data = self._data(errors.latents)
+        values, predictions = self.graph.forward(errors.values, params, data, self.frozen)
+        return State(values, errors.latents), predictions
+
+    def of_errors(self, errors: State, params) -> jax.Array:
+        """`F` at the values that `errors` hold (see `forward`): the same energy, as a function
+        of the errors."""
+        state, predictions = self.forward(errors, params)
+        terms = node_energies(self.graph, state.values, predictions)
+        return total(terms) + self.beta * predictions.loss
 
     def terms(self, state: State, params) -> tuple[list[jax.Array], "Predictions"]:
         """Each node's energy, and the predictions they were computed from."""
@@ -208,12 +226,15 @@ class GraphEnergy(eqx.Module):
     def __call__(self, state: State, params) -> jax.Array:
         return self.evaluate(state, params)[0]
 
-    def force_fn(self, params, observed: Sequence[Any]):
+    def force_fn(self, params, observed: Sequence[Any], *, of_errors: bool = False):
         """`state -> (F, -dF/dstate)` at fixed `params`; the force on the observed entries of
-        the latents (`observed`: a boolean mask per latent leaf, or None) is zero."""
+        the latents (`observed`: a boolean mask per latent leaf, or None) is zero. With
+        `of_errors` the state holds the node errors instead of their values (see
+        `of_errors`)."""
+        energy = self.of_errors if of_errors else self
 
         def force_fn(state):
-            value, grad = jax.value_and_grad(self)(state, params)
+            value, grad = jax.value_and_grad(energy)(state, params)
             return value, self.force(grad, observed)
 
         return force_fn
@@ -227,6 +248,23 @@ class GraphEnergy(eqx.Module):
             for f, mask in zip(force.latents, observed, strict=True)
         ]
         return State(force.values, latents)
+
+    @staticmethod
+    def hold_observed(observed: Sequence[Any]):
+        """`(old, new) -> new` with the observed entries of the latents kept at their old
+        values (for steppers that move what has no force, e.g. by noise); None when no latent
+        is partly observed."""
+        if all(mask is None for mask in observed):
+            return None
+
+        def hold(old: State, new: State) -> State:
+            latents = [
+                n if mask is None else jnp.where(mask, o, n)
+                for o, n, mask in zip(old.latents, new.latents, observed, strict=True)
+            ]
+            return State(new.values, latents)
+
+        return hold
 
     def in_support(self, state: State) -> jax.Array:
         """Whether every Bernoulli or categorical node's value lies in `[0, 1]`."""

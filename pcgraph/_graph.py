@@ -489,26 +489,53 @@ class Graph:
         """All node predictions `mu_i`, the loss and the computed precisions, with node values
         substituted for the nodes' outputs: every node's prediction depends only on its
         parents' values."""
+        return self._pass(params, data, frozen, values=values)[1]
+
+    def forward(
+        self,
+        errors: Sequence[Any],
+        params: Sequence[Any],
+        data: Sequence[Any],
+        frozen: Sequence[Any],
+    ) -> tuple[list[Any], Predictions]:
+        """The node values that hold `errors`, and their predictions: one pass in topological
+        order in which each node's value is the mean of its prediction plus its error (the
+        values of Goemaere et al. 2025's error optimisation). With zero errors it is the
+        feedforward pass. Needs a graph whose scans are kept whole (no stacked nodes)."""
+        return self._pass(params, data, frozen, errors=errors)
+
+    def _pass(self, params, data, frozen, *, values=None, errors=None):
         env = dict(zip(self._param_ids, params, strict=True))
         env.update(zip(self._data_ids, data, strict=True))
         env.update(zip(self._frozen_ids, frozen, strict=True))
-        env.update(zip(self._node_ids, values, strict=True))
+        if values is not None:
+            env.update(zip(self._node_ids, values, strict=True))
+        out = list(values) if values is not None else [None] * len(self._node_ids)
         mus: list[Any] = [None] * len(self._node_ids)
         for eqn in self._pass_segments:
             invals = [self._read(env, i) for i in eqn.inputs]
             if isinstance(eqn, _ScanEqn):
+                if errors is not None:
+                    raise ValueError(
+                        "A forward pass from errors cannot enter a lifted scan; trace the "
+                        "graph with its scans kept whole."
+                    )
                 # Stacked carries that are not nodes keep their (frozen) feedforward values.
                 outs = eqn.predict(invals, [env[s] for s in eqn.stacked])
                 skip = set(eqn.stacked)
             else:
                 outs = eqn(invals)
                 skip = ()
-            for var, out in zip(eqn.outputs, outs, strict=True):
+            for var, mu in zip(eqn.outputs, outs, strict=True):
                 if var in self._node_index:
-                    mus[self._node_index[var]] = out
+                    k = self._node_index[var]
+                    mus[k] = mu
+                    if errors is not None:
+                        env[var] = out[k] = self.energies[k].mean(mu) + errors[k]
                 elif var not in skip:
-                    env[var] = out
-        return Predictions(mus, self._read(env, self._loss_id), self._precisions_in(env))
+                    env[var] = mu
+        predictions = Predictions(mus, self._read(env, self._loss_id), self._precisions_in(env))
+        return out, predictions
 
     @property
     def bounded_values(self) -> bool:

@@ -205,6 +205,7 @@ def relax(
     in_support: Callable[[PyTree], jax.Array] | None = None,
     record: Callable[[PyTree], PyTree] | None = None,
     saveat: SaveAt | None = None,
+    hold: Callable[[PyTree, PyTree], PyTree] | None = None,
 ) -> tuple[PyTree, RelaxationStats]:
     """Step `state` along `force_fn(state) = (energy, -dF/dstate)` in one compiled loop.
 
@@ -213,8 +214,19 @@ def relax(
     when `in_support(state)` turns False. With `rtol=None` the loop has a fixed trip count,
     so the result can be differentiated in reverse mode (`jax.grad` of a function that calls
     `pcgraph.grad`); forward mode works either way. With `saveat`, `record(state)` is stored
-    at its steps.
+    at its steps. `hold(old, new)` restores what a step must not move (observed entries).
+
+    A stepper that samples ([`pcgraph.Langevin`][]) takes exactly `max_steps` steps, and its
+    energy is checked for NaN/Inf only.
     """
+    if stepper.samples:
+        if rtol is not None:
+            raise ValueError(
+                f"{type(stepper).__name__} samples: its relaxation has no fixed point to stop "
+                f"at, but the algorithm has rtol={rtol!r}. Set `rtol=None`; it then takes "
+                "exactly `max_steps` steps."
+            )
+        max_energy_increase = None
     steps = None if saveat is None else saveat.resolve(max_steps)
 
     def status(step, energy, residual, initial_energy, tolerance, state):
@@ -274,6 +286,8 @@ def relax(
         # a `cond`) lets XLA update each node's state in place, which saves a copy of every
         # node per step in deep graphs.
         stepped = stepper.step(force_fn, force, carry.state, carry.stepper_state)
+        if hold is not None:
+            stepped = (hold(carry.state, stepped[0]), stepped[1])
         state, stepper_state = jax.tree.map(
             lambda old, new: jnp.where(done, old, new), (carry.state, carry.stepper_state), stepped
         )

@@ -1,6 +1,7 @@
 import abc
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -25,6 +26,10 @@ class AbstractStepper(eqx.Module):
     ) -> tuple[PyTree, Any]:
         """Return the next relaxed state and stepper state. `force` is the force at `state`;
         steppers that need it elsewhere (multi-stage ODE solvers) call `force_fn`."""
+
+    #: Whether the stepper samples (adds noise) rather than settles: such a relaxation has no
+    #: fixed point, so it stops on no tolerance and its energy is not checked for growth.
+    samples: ClassVar[bool] = False
 
 
 class Euler(AbstractStepper):
@@ -89,6 +94,73 @@ class Momentum(AbstractStepper):
 
     def step(self, force_fn, force, state, stepper_state):
         return _optax_step(self._optimizer(), force, state, stepper_state)
+
+
+class Langevin(AbstractStepper):
+    """Unadjusted Langevin dynamics on the energy: `state <- state + step_size * force +
+    sqrt(2 step_size temperature) * noise`, with fresh standard normal noise each step.
+
+    The relaxation then samples instead of settling: after a burn-in its states are
+    (approximately, to `O(step_size)`) distributed as `exp(-F / temperature)`, which at
+    `temperature=1` is the posterior of the free values and latents given what is observed,
+    the energy being a negative log joint. This is Monte Carlo predictive coding (Oliviers et
+    al. 2024): inference by sampling, and with [`pcgraph.train_step`][] learning from the
+    samples. Works with every algorithm that takes a stepper; with [`pcgraph.EPC`][] it
+    samples the same distribution, the map from errors to values having unit Jacobian
+    determinant. Observed entries of latents stay clamped.
+
+    A sampling relaxation has no fixed point: it takes exactly `max_steps` steps (the
+    algorithm's `rtol` must be None) and its energy is not checked for growth (only for
+    NaN/Inf). The key is an array, so the stepper can be built inside `jax.jit` or
+    `jax.vmap` (e.g. one chain per key); the same key gives the same samples.
+
+    **Arguments:**
+
+    - `step_size`: the step, below `2 / (largest curvature of the energy)` for stability;
+        the samples' bias grows with it.
+    - `temperature`: the noise's temperature; 1 samples the posterior.
+    - `key`: a JAX random key, e.g. `jax.random.key(0)`.
+    """
+
+    step_size: float
+    temperature: float
+    key: jax.Array
+
+    samples: ClassVar[bool] = True
+
+    def __check_init__(self):
+        for name in ("step_size", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"Langevin({name}={value!r}): must be a positive, finite number.")
+        key = self.key
+        typed = hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        raw = hasattr(key, "dtype") and key.dtype == jnp.uint32 and key.shape == (2,)
+        if not (typed or raw):
+            raise TypeError(
+                f"Langevin(key={key!r}): pass a JAX random key, e.g. "
+                "`key=jax.random.key(0)`, not a seed."
+            )
+
+    def init(self, state: PyTree, force_fn: ForceFn) -> jax.Array:
+        return self.key
+
+    def step(self, force_fn, force, state, stepper_state):
+        key, subkey = jax.random.split(stepper_state)
+        leaves, treedef = jax.tree.flatten(state)
+        keys = jax.random.split(subkey, max(len(leaves), 1))
+        noise = jax.tree.unflatten(
+            treedef,
+            [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=False)],
+        )
+        scale = jnp.sqrt(2 * self.step_size * self.temperature)
+        new_state = jax.tree.map(
+            lambda s, f, n: s + self.step_size * f + (scale * n).astype(s.dtype),
+            state,
+            force,
+            noise,
+        )
+        return new_state, key
 
 
 class _DiffraxState(eqx.Module):

@@ -128,6 +128,8 @@ def test_algorithm_option_overrides_the_factory(problems, capsys):
     assert code == 0 and out.startswith("PC (FPA) vs jax.grad")
     code, out, _ = run(capsys, "check", f"{problems}:problem", "--algorithm", "il")
     assert out.startswith("PC (IL) vs jax.grad") and code == 1
+    code, out, _ = run(capsys, "check", f"{problems}:problem", "--algorithm", "epc")
+    assert out.startswith("PC (EPC) vs jax.grad") and code == 1
 
 
 def test_argnums_from_the_factory_and_the_command_line(problems, capsys):

@@ -74,3 +74,35 @@ def test_amortised_start_reaches_the_cold_energy_in_half_the_steps(tmp_path):
         r"after (\d+) steps: [0-9.]+; the amortised start reaches it after (\d+) steps", output
     )
     assert int(steps[2]) <= int(steps[1]) // 2
+
+
+@pytest.mark.slow  # about 75 s on 2 cores
+def test_bidirectional_digits_classifies_like_discriminative_pc_and_completes(tmp_path):
+    output = _run("bidirectional_digits.py", "--figure", str(tmp_path / "figure.png"))
+    found = re.search(
+        r"bottom-up classification: bPC accuracy ([0-9.]+), discriminative IL accuracy ([0-9.]+)",
+        output,
+    )
+    bpc, discriminative = float(found[1]), float(found[2])
+    assert discriminative > 0.9
+    assert abs(bpc - discriminative) <= 0.03
+    # The label is inferred from the top half too (right for about 3 in 4 test digits), which
+    # bounds the completion: 0.74 measured, 0.52 with the true label clamped.
+    ratio = float(re.search(r"completion of the bottom half: mse ratio ([0-9.]+)", output)[1])
+    assert ratio <= 0.8
+    own = int(re.search(r"nearest class mean is its own for (\d+)/10 classes", output)[1])
+    assert own >= 9
+    assert (tmp_path / "figure.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # about 2 minutes on 2 cores
+def test_deep_pc_epc_reaches_deep_layers_and_trains_like_backprop():
+    output = _run("deep_pc.py")
+    first = re.search(r"first layer: IL ([0-9.]+), ePC ([0-9.]+)", output)
+    assert float(first[1]) == 0.0
+    assert float(first[2]) >= 0.9
+    found = re.search(r"backprop ([0-9.]+), IL ([0-9.]+), ePC ([0-9.]+)", output)
+    backprop, il, epc = (float(found[k]) for k in (1, 2, 3))
+    assert backprop > 0.9
+    assert abs(backprop - epc) <= 0.03
+    assert il < epc

@@ -6,7 +6,7 @@ import pathlib
 import pcgraph
 
 API_PAGE = pathlib.Path(__file__).parents[1] / "docs" / "api.md"
-SUBPACKAGES = ("nn", "theory")
+SUBPACKAGES = ("nn", "theory", "datasets")
 
 
 def _public_names() -> dict:

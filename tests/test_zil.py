@@ -571,7 +571,7 @@ def test_cost_reads_steps_from_stats():
 def test_cost_bad_algorithms():
     loss, params, data = mlp(jax.random.key(0), jnp.float32)
     graph = pcgraph.trace(loss, params, *data)
-    with pytest.raises(TypeError, match="counts pcgraph.IL, FPA, ZIL and IPC; got EqProp"):
+    with pytest.raises(TypeError, match="counts pcgraph.IL, EPC, FPA, ZIL and IPC; got EqProp"):
         pcgraph.cost(graph, pcgraph.EqProp())
     stepper = pcgraph.DiffraxStepper(__import__("diffrax").Tsit5())
     with pytest.raises(ValueError, match="solver-dependent number of times"):

@@ -1,5 +1,6 @@
 """Model constructors whose hidden states are predictive-coding value nodes."""
 
+from ._bidirectional import Bidirectional as Bidirectional
 from ._residual import (
     AbstractParameterisation as AbstractParameterisation,
     MuPC as MuPC,
@@ -8,4 +9,11 @@ from ._residual import (
     Standard as Standard,
 )
 
-__all__ = ["AbstractParameterisation", "MuPC", "NeuralTangent", "ResidualMLP", "Standard"]
+__all__ = [
+    "AbstractParameterisation",
+    "Bidirectional",
+    "MuPC",
+    "NeuralTangent",
+    "ResidualMLP",
+    "Standard",
+]
