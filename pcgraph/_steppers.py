@@ -148,19 +148,14 @@ class Langevin(AbstractStepper):
     def step(self, force_fn, force, state, stepper_state):
         key, subkey = jax.random.split(stepper_state)
         leaves, treedef = jax.tree.flatten(state)
-        keys = jax.random.split(subkey, max(len(leaves), 1))
+        keys = jax.random.split(subkey, len(leaves))
         noise = jax.tree.unflatten(
             treedef,
-            [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=False)],
+            [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)],
         )
         scale = jnp.sqrt(2 * self.step_size * self.temperature)
-        new_state = jax.tree.map(
-            lambda s, f, n: s + self.step_size * f + (scale * n).astype(s.dtype),
-            state,
-            force,
-            noise,
-        )
-        return new_state, key
+        moved, _ = Euler(self.step_size).step(force_fn, force, state, None)
+        return jax.tree.map(lambda s, n: s + (scale * n).astype(s.dtype), moved, noise), key
 
 
 class _DiffraxState(eqx.Module):

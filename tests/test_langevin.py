@@ -1,6 +1,8 @@
 """Monte Carlo predictive coding (Oliviers et al. 2024): Langevin noise in the relaxation
 samples the posterior instead of settling at its mode."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,7 @@ def _posterior():
     return cov @ (P0 @ M0 + W.T @ (X - B) / s), cov
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _chains(keys, use_epc):
     def chain(key):
         algorithm = (pcgraph.EPC if use_epc else pcgraph.IL)(
@@ -43,9 +46,6 @@ def _chains(keys, use_epc):
         return z
 
     return jax.vmap(chain)(keys)
-
-
-_chains = jax.jit(_chains, static_argnums=1)
 
 
 @pytest.mark.parametrize("use_epc", [False, True], ids=["IL", "EPC"])
