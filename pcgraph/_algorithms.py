@@ -154,7 +154,10 @@ class IL(AbstractAlgorithm):
     - `rtol`, `atol`: stop once the largest force `|dF/dv|` is at most
         `atol + rtol * (largest initial force)`; `rtol=None` always runs `max_steps` steps.
     - `max_energy_increase`: report divergence when the energy rises more than this many
-        times its initial magnitude above it.
+        times its initial magnitude above it: checked at every step when the relaxation has a
+        tolerance or records its trajectory (`save_energy`, `saveat`), which then stops at
+        the failing step; with `rtol=None` and nothing recorded, once, at the end (the
+        loop then computes only forces, which is faster).
     - `throw`: raise on divergence or on missing the tolerance (otherwise only reported in
         `Solution.stats.result`).
     """
@@ -255,7 +258,10 @@ class EPC(AbstractAlgorithm):
     - `rtol`, `atol`: stop once the largest force `|dF/de|` is at most
         `atol + rtol * (largest initial force)`; `rtol=None` always runs `max_steps` steps.
     - `max_energy_increase`: report divergence when the energy rises more than this many
-        times its initial magnitude above it.
+        times its initial magnitude above it: checked at every step when the relaxation has a
+        tolerance or records its trajectory (`save_energy`, `saveat`), which then stops at
+        the failing step; with `rtol=None` and nothing recorded, once, at the end (the
+        loop then computes only forces, which is faster).
     - `throw`: raise on divergence or on missing the tolerance.
     """
 

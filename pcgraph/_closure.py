@@ -6,12 +6,13 @@ at every step, and every compiled program would stay in the cache. Here a Python
 becomes an equinox Module whose static part is its code and the non-array values it reads
 (closure cells, and the module globals its code names), and whose leaves are the arrays among
 them: two functions made by the same code over arrays of the same shapes are equal up to their
-leaves, and `equinox.filter_jit` traces and compiles them once, passing the arrays as
-arguments. A global array read by the function is a leaf too, so a later value is never
-replaced by the one seen when compiling.
+leaves, and a filtered jit (pcgraph's `_jit.filter_jit`, like `equinox.filter_jit`) traces and
+compiles them once, passing the arrays as arguments. A global array read by the function is a
+leaf too, so a later value is never replaced by the one seen when compiling.
 """
 
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -48,13 +49,17 @@ class _NotConvertible(Exception):
     pass
 
 
+def _leaves(value) -> list:
+    try:
+        return jax.tree.leaves(value)
+    except (TypeError, ValueError):  # e.g. a dict keyed by types
+        return [value]
+
+
 def _entry(value):
     """A closure cell's or global's value: itself when it holds JAX arrays (a pytree whose
     arrays become leaves), else kept whole."""
-    try:
-        leaves = jax.tree.leaves(value)
-    except (TypeError, ValueError):  # e.g. a dict keyed by types
-        leaves = [value]
+    leaves = _leaves(value)
     if any(isinstance(leaf, np.ndarray) for leaf in leaves):
         raise _NotConvertible  # NumPy arrays are constants of the traced program (jax.jit's rule)
     if any(isinstance(leaf, jax.Array) for leaf in leaves):
@@ -116,6 +121,26 @@ def _global_names(code: types.CodeType) -> set[str]:
     return names
 
 
+def _reads(fn: types.FunctionType) -> list:
+    """What `fn` reads besides its arguments: its defaults, closure cells and named globals."""
+    cells = [cell.cell_contents for cell in fn.__closure__ or ()]
+    names = _global_names(fn.__code__)
+    return [fn.__defaults__, fn.__kwdefaults__, *cells, *(fn.__globals__.get(n) for n in names)]
+
+
+# The last conversion of each function, with the objects (and their pytree leaves) it was made
+# from. A training loop converts the same function at every step; while every object it reads,
+# and every leaf of those, is the same object as before, the conversion is the same. The entry
+# holds those objects, so none can be freed and another take its `id`.
+_LAST_CONVERSION: "weakref.WeakKeyDictionary[types.FunctionType, tuple]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _same_objects(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
 def as_pytree(fn: Callable) -> Callable:
     """`fn`, as a pytree whose leaves are the JAX arrays it closes over or reads as globals
     (see the module's docstring); `fn` itself for anything but a plain Python function, or
@@ -123,8 +148,26 @@ def as_pytree(fn: Callable) -> Callable:
     if not isinstance(fn, types.FunctionType):
         return fn
     try:
+        reads = _reads(fn)
+    except ValueError:  # an empty cell (a recursive function)
+        return fn
+    leaves = [_leaves(value) for value in reads]
+    last = _LAST_CONVERSION.get(fn)
+    if (
+        last is not None
+        and _same_objects(last[0], reads)
+        and all(map(_same_objects, last[1], leaves))
+    ):
+        return last[2]
+    converted = _as_pytree(fn)
+    _LAST_CONVERSION[fn] = (reads, leaves, converted)
+    return converted
+
+
+def _as_pytree(fn: types.FunctionType) -> Callable:
+    try:
         converted = _convert(fn)
-    except (_NotConvertible, ValueError):  # ValueError: an empty cell (a recursive function)
+    except _NotConvertible:
         return fn
     leaves, treedef = jax.tree.flatten(eqx.filter(converted, eqx.is_array, inverse=True))
     try:

@@ -19,6 +19,7 @@ import numpy as np
 from ._algorithms import AbstractAlgorithm, Equilibrium
 from ._ebm import AbstractEnergy, _PCEnergy
 from ._energy import errors
+from ._jit import filter_jit
 from ._relax import RESULTS, RelaxationStats, _max_abs, relax
 from ._steppers import AbstractStepper, Euler
 
@@ -441,7 +442,7 @@ def _check_params(params):
             )
 
 
-@eqx.filter_jit
+@filter_jit
 def _solve(model, params, inputs, targets, state, algorithm, save_energy) -> EnergySolution:
     if state is None:
         state = model.init_state(params, inputs)

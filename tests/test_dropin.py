@@ -48,6 +48,27 @@ def test_keyword_arguments_pass_through_every_entry_point():
     assert_grads_close(new_params, jax.tree.map(lambda p, g: p - 0.1 * g, params, expected), 1e-5)
 
 
+def test_train_step_with_donation_takes_the_same_step():
+    """`donate=True` writes the new parameters and optimiser state into the memory of the old
+    ones: the same step, and the arrays passed in are gone (JAX says so if they are used)."""
+    params, x, y = _problem()
+    optimizer = optax.adam(1e-2)
+    algorithm = pcgraph.IL(stepper=pcgraph.Euler(0.1), max_steps=5)
+    kept = pcgraph.train_step(_loss, optimizer, algorithm=algorithm)
+    donating = pcgraph.train_step(_loss, optimizer, algorithm=algorithm, donate=True)
+    expected, expected_state, _ = kept(params, optimizer.init(params), x, y)
+    copies = jax.tree.map(jnp.copy, params)
+    state = optimizer.init(copies)
+    for _ in range(2):  # the second call reuses the compiled, donating step
+        new_params, new_state, info = donating(copies, state, x, y)
+        assert all(leaf.is_deleted() for leaf in jax.tree.leaves((copies, state)))
+        if _ == 0:
+            assert_grads_close(new_params, expected, 1e-6)
+            assert_grads_close(new_state, expected_state, 1e-6)
+        copies, state = new_params, new_state
+    assert info.stats.converged and all(not p.is_deleted() for p in params)
+
+
 def _fresh_closure_steps(params, xs, ys):
     for x_t, y_t in zip(xs, ys, strict=True):
         grads = pcgraph.grad(lambda p: _loss(p, x_t, y_t))(params)  # noqa: B023
@@ -111,6 +132,22 @@ def test_closure_over_a_global_array_sees_its_current_value():
 
 
 _GLOBAL_TARGET = None
+
+
+def test_closure_over_a_list_changed_in_place_sees_the_change():
+    """The conversion of a function to a pytree is reused while everything it reads is the
+    same object as before; an array swapped into a list it closes over is a change."""
+    params, x, y = _problem()
+    targets = [y]
+
+    def loss(p, x):
+        return _loss(p, x, targets[0])
+
+    first = pcgraph.grad(loss)(params, x)
+    targets[0] = y + 1.0
+    second = pcgraph.grad(loss)(params, x)
+    assert_grads_close(second, jax.grad(_loss)(params, x, y + 1.0), 1e-5)
+    assert not np.allclose(first[1], second[1])
 
 
 def _reads_global_target(params, x):

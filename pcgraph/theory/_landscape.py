@@ -4,12 +4,12 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from .._energy import GraphEnergy, State
+from .._jit import filter_jit
 from .._trace import trace_flat
 
 
@@ -75,7 +75,7 @@ def activity_hessian(
     return _activity_hessian(fn, args, argnums, has_aux, float(beta), values, max_size)
 
 
-@eqx.filter_jit
+@filter_jit
 def _activity_hessian(fn, args, argnums, has_aux, beta, values, max_size) -> ActivityHessian:
     traced = trace_flat(fn, args, argnums, has_aux)
     graph, params, data = traced.graph, traced.params, traced.data

@@ -1,0 +1,150 @@
+"""The peer benchmark (`benchmarks/peers/`): its tasks are the networks they claim to be, its
+pcgraph run is the standard inference-learning algorithm, and its statistics are right."""
+
+import importlib
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.stats
+
+import pcgraph
+
+PEERS = pathlib.Path(__file__).parents[1] / "benchmarks" / "peers"
+
+
+@pytest.fixture(scope="module")
+def peers():
+    """The benchmark's modules, imported from their folder (they import each other by name)."""
+    names = ("common", "pcgraph_adapter", "run")
+    sys.path.insert(0, str(PEERS))
+    try:
+        yield tuple(importlib.import_module(name) for name in names)
+    finally:
+        sys.path.remove(str(PEERS))
+        for name in names:  # generic module names: leave none behind for other tests
+            sys.modules.pop(name, None)
+
+
+def test_residual_task_is_pcgraphs_mupc_network(peers):
+    common, _, _ = peers
+    task = common.make_task("resnet", (8, 8, 1))
+    weights = common.init_weights(task, seed=3)
+    model = pcgraph.nn.ResidualMLP(
+        depth=task.depth - 1, width=task.width, in_size=task.in_size, out_size=10,
+        parameterisation=pcgraph.nn.MuPC(), key=jax.random.key(0),
+    )  # fmt: skip
+    model = eqx_replace_weights(model, [weights[f"w{i}"].T for i in range(task.depth)])
+    x = np.random.default_rng(0).uniform(size=(5, task.in_size)).astype(np.float32)
+    expected = jax.vmap(model)(x)
+    np.testing.assert_allclose(common.forward(task, weights, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def eqx_replace_weights(model, weights):
+    import equinox as eqx
+
+    return eqx.tree_at(lambda m: m.weights, model, tuple(jnp.asarray(w) for w in weights))
+
+
+def hand_written_il_gradient(common, task, params, x, y):
+    """Inference learning written out: the hidden states start at the feedforward pass, take
+    `INFERENCE_STEPS` Euler steps on the batch-summed energy, and the weight gradient is the
+    energy's at the relaxed states."""
+    layers = common.layers(task)
+
+    def energy(params, zs):
+        inputs = [x, *zs]
+        terms = [0.5 * jnp.sum((z - f(params, h)) ** 2) for z, f, h in zip(zs, layers, inputs)]
+        return sum(terms) + common.output_energy(layers[-1](params, zs[-1]), y)
+
+    zs, h = [], x
+    for layer in layers[:-1]:
+        h = layer(params, h)
+        zs.append(h)
+    for _ in range(common.INFERENCE_STEPS):
+        forces = jax.grad(energy, argnums=1)(params, zs)
+        zs = [z - common.INFERENCE_STEP_SIZE * g for z, g in zip(zs, forces)]
+    return jax.grad(energy)(params, zs)
+
+
+@pytest.mark.parametrize("task_name", ["mlp", "cnn"])
+def test_pcgraph_run_is_standard_inference_learning(peers, task_name):
+    common, adapter, _ = peers
+    task = common.make_task(task_name, (8, 8, 1))
+    weights = common.init_weights(task, seed=0)
+    rng = np.random.default_rng(1)
+    x = common.inputs_for(task, rng.uniform(size=(16, 8, 8, 1)).astype(np.float32))
+    y = common.one_hot(rng.integers(0, 10, size=16))
+    trainer = adapter.make_trainer(task, weights, optax.sgd(1.0))
+    trainer.step(x, y)
+    trainer.sync()
+    params = {k: jnp.asarray(v) for k, v in weights.items()}
+    expected = hand_written_il_gradient(common, task, params, x, y)
+    after = trainer.weights()
+    for name, gradient in expected.items():
+        scale = float(jnp.max(jnp.abs(gradient)))
+        np.testing.assert_allclose(
+            weights[name] - after[name], gradient, atol=1e-5 * scale, err_msg=name
+        )
+
+
+def test_initial_weights_and_minibatches_depend_only_on_the_seed(peers):
+    common, _, _ = peers
+    task = common.make_task("cnn", (8, 8, 1))
+    first, again, other = (common.init_weights(task, s) for s in (0, 0, 1))
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not np.array_equal(first["conv0_w"], other["conv0_w"])
+    order = common.batch_order(200, epochs=2, seed=5)
+    assert order.shape == (2, 200 // common.BATCH_SIZE, common.BATCH_SIZE)
+    assert np.array_equal(order, common.batch_order(200, epochs=2, seed=5))
+    assert len(np.unique(order[0])) == order[0].size  # no example twice in an epoch
+
+
+def test_interval_and_paired_test(peers):
+    _, _, run = peers
+    values = [0.91, 0.93, 0.92, 0.95, 0.90]
+    mean, half = run.mean_interval(values)
+    low, high = scipy.stats.t.interval(
+        0.95, len(values) - 1, loc=np.mean(values), scale=scipy.stats.sem(values)
+    )
+    assert mean == pytest.approx(np.mean(values)) and half == pytest.approx((high - low) / 2)
+    assert math.isnan(run.mean_interval([0.9])[1])  # one seed: no interval, not a made-up one
+    difference, p = run.paired_test([0.9, 0.8, 0.7], [0.85, 0.8, 0.6])
+    assert difference == pytest.approx(0.05)
+    assert p == pytest.approx(scipy.stats.ttest_rel([0.9, 0.8, 0.7], [0.85, 0.8, 0.6]).pvalue)
+    # Every seed differs by the same amount: the t statistic is undefined, so no p-value.
+    assert math.isnan(run.paired_test([0.9, 0.8], [0.8, 0.7])[1])
+
+
+def test_update_agreement_is_a_cosine(peers):
+    _, _, run = peers
+    initial = {"w": np.zeros(3), "b": np.zeros(2)}
+    ours = {"w": np.array([1.0, 0.0, 0.0]), "b": np.array([0.0, 1.0])}
+    assert run.update_agreement(ours, ours, initial) == pytest.approx(1.0)
+    scaled = {k: 0.25 * v for k, v in ours.items()}  # a library that averages the batch
+    assert run.update_agreement(ours, scaled, initial) == pytest.approx(1.0)
+    other = {"w": np.array([0.0, 1.0, 0.0]), "b": np.array([0.0, 1.0])}
+    assert run.update_agreement(ours, other, initial) == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_and_writes_its_table(tmp_path):
+    command = [sys.executable, str(PEERS / "run.py"), "--libraries", "pcgraph", "--tasks", "mlp"]
+    command += ["--seeds", "2", "--epochs", "2", "--step-rounds", "1", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "table.md").read_text()
+    assert "| mlp | pcgraph |" in table and "| mlp | backprop (current) |" in table
+    assert "| pcgraph | " in table  # the train-step timing table
+    results = json.loads((tmp_path / "results.json").read_text())
+    pc = [r for r in results["runs"] if r["method"] == "pc"]
+    assert len(pc) == 2 and all(0.5 < r["accuracy"] <= 1 for r in pc)
+    assert results["checks"]["mlp"]["pcgraph"] == pytest.approx(1.0)
+    assert (tmp_path / "peers.png").stat().st_size > 0
