@@ -199,7 +199,10 @@ def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
     IL: Euler steps (size 0.1) on `F(z) = sum_l 1/2 ||z_l - tanh(z_{l-1} W_l + b_l)||^2 + CE`
     with `jax.value_and_grad` in the node values `z`. FPA: Euler steps (size 1) on the errors,
     `eps <- J^T eps + dCE/dz`, with the transpose `J^T` of the prediction pass linearised once
-    at the feedforward values (one `jax.vjp` before the loop). IL's matmuls: only the products
+    at the feedforward values (one `jax.vjp` before the loop). IL's arithmetic: the same IL
+    steps with nothing but the arithmetic they need, written out (each node's tanh prediction,
+    its error, the error scaled by tanh's derivative, its pull-back, the update): nothing an IL
+    step of this network could leave out. IL's matmuls: only the products
     an IL step cannot avoid, `z_l @ W_{l+1}` and `d_{l+1} @ W_{l+1}^T` for every free node
     (the floor of an IL step when matmuls run one at a time, as XLA:CPU runs them here).
     """
@@ -249,6 +252,25 @@ def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
 
         return jax.jit(run)
 
+    def il_arithmetic(n: int) -> Callable:
+        def run(params):
+            ws, bs = [p["w"] for p in params], [p["b"] for p in params]
+            zs = feedforward(params)
+            first = zs[0]  # the first node's prediction: its input x is clamped
+
+            def body(_, zs):
+                mus = [first] + [jnp.tanh(z @ w + b) for z, w, b in zip(zs, ws[1:-1], bs[1:-1])]
+                errors = [z - mu for z, mu in zip(zs, mus)]
+                scaled = [e * (1 - mu * mu) for e, mu in zip(errors[1:], mus[1:])]
+                probs = jax.nn.softmax(zs[-1] @ ws[-1] + bs[-1])
+                scaled.append((labels - probs) / labels.shape[0])  # -dCE/dlogits
+                pulled = [d @ w.T for d, w in zip(scaled, ws[1:])]
+                return [z - 0.1 * (e - p) for z, e, p in zip(zs, errors, pulled)]
+
+            return jax.lax.fori_loop(0, n, body, zs)
+
+        return jax.jit(run)
+
     def il_matmuls(n: int) -> Callable:
         def run(params):
             weights = [p["w"] for p in params[1:]]
@@ -266,6 +288,7 @@ def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
     return {
         "IL written by hand": il,
         "FPA written by hand": fpa,
+        "IL's arithmetic alone": il_arithmetic,
         "IL's matmuls alone": il_matmuls,
     }
 

@@ -40,9 +40,15 @@ class _InputCheck(eqx.Module):
         return token
 
 
-def _check_inputs(traced: Traced, feedforward: Feedforward) -> _InputCheck:
+def _check_inputs(
+    traced: Traced, feedforward: Feedforward, algorithm: AbstractAlgorithm
+) -> _InputCheck | None:
     """Find the first non-finite input, then node, then loss: reported before the relaxation
-    is blamed for a NaN that was there from the start."""
+    is blamed for a NaN that was there from the start. Not computed for an algorithm that does
+    not raise (`throw=False`): nothing would read it, and its reductions over every input and
+    node value are several dozen small kernels per call."""
+    if not algorithm.throw:
+        return None
     graph = traced.graph
     checked = [
         *(
@@ -107,7 +113,7 @@ class Solution(eqx.Module):
     values: dict[str, jax.Array]
     errors: dict[str, jax.Array]
     stats: RelaxationStats
-    input_check: _InputCheck
+    input_check: _InputCheck | None
     latents: Any = None
 
 
@@ -192,7 +198,7 @@ def _solve_jit(fn, args, kwargs, setup: _Setup, init) -> Solution:
         values=dict(zip(names, equilibrium.values, strict=True)),
         errors=dict(zip(names, equilibrium.errors, strict=True)),
         stats=equilibrium.stats,
-        input_check=_check_inputs(traced, feedforward),
+        input_check=_check_inputs(traced, feedforward, setup.algorithm),
         latents=None if setup.latents is None else traced.unflatten_latents(equilibrium.latents),
     )
 
@@ -399,7 +405,7 @@ class TrainInfo(eqx.Module):
     loss: jax.Array
     aux: Any
     stats: RelaxationStats
-    input_check: _InputCheck
+    input_check: _InputCheck | None
     latents: Any = None
 
 
@@ -420,7 +426,7 @@ def _train_impl(fn, optimizer, params, opt_state, args, kwargs, setup: _Setup):
         loss=feedforward.loss,
         aux=traced.unflatten_aux(feedforward.aux) if setup.has_aux else None,
         stats=equilibrium.stats,
-        input_check=_check_inputs(traced, feedforward),
+        input_check=_check_inputs(traced, feedforward, setup.algorithm),
         latents=None if setup.latents is None else traced.unflatten_latents(equilibrium.latents),
     )
     return traced.unflatten_grads(new_params), opt_state, info
@@ -466,9 +472,11 @@ def train_step(
     - `save_energy`: record the energy at every step in `info.stats.energy_trajectory`.
     - `saveat`: a [`pcgraph.SaveAt`][]: record per-node trajectories in `info.stats.nodes`.
     - `donate`: donate the `params` and `opt_state` passed to the step to the computation,
-        which writes the new ones in their memory: a step then copies neither (about a fifth
-        of an MLP step's time on a CPU). The arrays passed in cannot be used afterwards, so
-        keep only what the step returns (as a training loop does).
+        which writes the new ones in their memory: the step then needs no second copy of
+        either (what counts on an accelerator with large models). The arrays passed in cannot
+        be used afterwards, so keep only what the step returns (as a training loop does). On
+        a CPU it is not a speed-up: in the peer benchmark's runs it saved nothing on an MLP
+        and a CNN and made a 32-layer network's step up to 1.8x slower with `throw=False`.
 
     **Returns:**
 

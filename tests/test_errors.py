@@ -175,6 +175,20 @@ def test_nonfinite_relaxation_raises():
         pcgraph.grad(fn)(jnp.array([1.0, 0.0]))
 
 
+def test_nonfinite_input_without_throw_is_reported_not_checked(mlp):
+    """With `throw=False` nothing raises, so the inputs' check is not computed (it is not
+    reported as passed either); the relaxation's status shows the failure."""
+    fn, (params, x, y) = mlp
+    x = x.at[0, 0].set(jnp.nan)
+    algorithm = pcgraph.IL(max_steps=5, throw=False)
+    solution = pcgraph.relax(fn, params, x, y, algorithm=algorithm)
+    assert solution.stats.result == pcgraph.RESULTS.nonfinite
+    assert solution.input_check is None
+    throwing = eqx.tree_at(lambda a: a.throw, algorithm, True)
+    with pytest.raises(pcgraph.NonFiniteError, match=r"The input .* holds NaN or Inf"):
+        pcgraph.relax(fn, params, x, y, algorithm=throwing)
+
+
 def test_missed_tolerance_raises_when_asked_for():
     fn, args = tanh_mlp(jax.random.PRNGKey(2), jnp.float32, mark=True)[:2]
     algorithm = pcgraph.IL(max_steps=3, rtol=1e-6)

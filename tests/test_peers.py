@@ -33,6 +33,26 @@ def peers():
             sys.modules.pop(name, None)
 
 
+def test_matmul_floor_is_the_products_of_an_il_train_step(peers):
+    """The floor under every library's MLP step: the feedforward pass's products, a
+    prediction and a pull-back per node above the first at each inference step, and one
+    weight-gradient product per layer; nothing for any other task."""
+    common, _, _ = peers
+    task = common.make_task("mlp", (8, 8, 1))
+    weights = common.init_weights(task, seed=0)
+    floor = common.MatmulFloor(task, weights)
+    x = np.ones((common.BATCH_SIZE, task.in_size), np.float32)
+    weight_grads = floor._step(floor.weights_list, x)
+    layers = range(task.hidden_layers + 1)
+    assert [g.shape for g in weight_grads] == [weights[f"w{i}"].shape for i in layers]
+    program = floor._step.lower(floor.weights_list, x).as_text()
+    per_layer = task.hidden_layers + 1
+    per_inference_step = 2 * task.hidden_layers  # the loop body appears once in the program
+    assert program.count("dot_general") == 2 * per_layer + per_inference_step
+    with pytest.raises(ValueError, match="defined for the MLP task"):
+        common.MatmulFloor(common.make_task("cnn", (8, 8, 1)), weights)
+
+
 def test_residual_task_is_pcgraphs_mupc_network(peers):
     common, _, _ = peers
     task = common.make_task("resnet", (8, 8, 1))
@@ -142,7 +162,8 @@ def test_benchmark_runs_and_writes_its_table(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "table.md").read_text()
     assert "| mlp | pcgraph |" in table and "| mlp | backprop (current) |" in table
-    assert "| pcgraph | " in table  # the train-step timing table
+    assert "| pcgraph | " in table  # the train-step timing table, with its floor
+    assert "| matmuls alone (current) | " in table
     results = json.loads((tmp_path / "results.json").read_text())
     pc = [r for r in results["runs"] if r["method"] == "pc"]
     assert len(pc) == 2 and all(0.5 < r["accuracy"] <= 1 for r in pc)

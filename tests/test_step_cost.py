@@ -1,12 +1,46 @@
-"""The relaxation step-cost benchmark runs and prints its table (a smoke run: one round, too
-short for meaningful times)."""
+"""The relaxation step-cost benchmark: its hand-written references compute what pcgraph's IL
+computes, and it runs and prints its table (a smoke run: one round, too short for meaningful
+times)."""
 
+import importlib
 import pathlib
 import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
+from helpers import tree_allclose
+
+import pcgraph
+
+BENCHMARKS = pathlib.Path(__file__).parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def step_cost():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("step_cost")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        sys.modules.pop("step_cost", None)
+
+
+def test_hand_written_il_references_are_pcgraphs_il(step_cost, x64):
+    """The marked MLP's IL written by hand (through `jax.value_and_grad` of the energy, and as
+    its bare arithmetic) takes the same steps as `pcgraph.relax` with IL: the diagnostics time
+    the same computation."""
+    model = step_cost.make_models(jnp.float64)["mlp"]
+    params = model.args[0]
+    algorithm = step_cost.pc_algorithm(model, "IL", num_steps=7)
+    solution = pcgraph.relax(model.loss, *model.args, algorithm=algorithm)
+    pcgraph_values = [solution.values[f"layer{i}"] for i in range(1, 6)]
+    references = step_cost.reference_steps(*model.args)
+    by_grad, _ = references["IL written by hand"](7)(params)
+    arithmetic = references["IL's arithmetic alone"](7)(params)
+    assert tree_allclose(by_grad, pcgraph_values, rtol=1e-10, atol=1e-12)
+    assert tree_allclose(arithmetic, pcgraph_values, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.slow
@@ -23,6 +57,7 @@ def test_step_cost_benchmark_smoke_run():
         "FPA",
         "IL written by hand",
         "FPA written by hand",
+        "IL's arithmetic alone",
         "IL's matmuls alone",
     ]
     # Every row of the marked MLP has its ratio to the floor; IL's goal is against the floor,

@@ -258,12 +258,34 @@ class Trainer(Protocol):
         """The current weights, by the names and in the layout of `init_weights`."""
 
 
-class BackpropTrainer:
-    """The reference: `jax.grad` of the same network's squared-error loss, the same Adam."""
+class DictTrainer:
+    """A trainer that keeps its weights as `init_weights` lays them out (`params`), with its
+    optimiser's state; a subclass sets `_step(params, opt_state, x, y) -> (params, opt_state,
+    ...)`."""
 
     def __init__(self, task, weights, optimizer):
         self.params = {k: jnp.asarray(v) for k, v in weights.items()}
         self.opt_state = optimizer.init(self.params)
+        self._logits = jax.jit(lambda params, x: forward(task, params, x))
+
+    def step(self, x, y):
+        self.params, self.opt_state, *_ = self._step(self.params, self.opt_state, x, y)
+
+    def sync(self):
+        jax.block_until_ready(self.params)
+
+    def logits(self, x):
+        return np.asarray(self._logits(self.params, x))
+
+    def weights(self):
+        return {k: np.asarray(v) for k, v in self.params.items()}
+
+
+class BackpropTrainer(DictTrainer):
+    """The reference: `jax.grad` of the same network's squared-error loss, the same Adam."""
+
+    def __init__(self, task, weights, optimizer):
+        super().__init__(task, weights, optimizer)
 
         def loss(params, x, y):
             return output_energy(forward(task, params, x), y)
@@ -275,19 +297,49 @@ class BackpropTrainer:
             return optax.apply_updates(params, updates), opt_state
 
         self._step = step
-        self._logits = jax.jit(lambda params, x: forward(task, params, x))
+
+
+class MatmulFloor:
+    """The matrix products of one PC train step of the MLP task and nothing else, as a `Trainer`
+    that learns nothing: the floor under every library's step on that task.
+
+    A step of inference learning computes the feedforward pass (one product per layer), then
+    per inference step the prediction of every node above the first (the first one's input is
+    clamped) and the pull-back of every prediction error through its weights, then one
+    weight-gradient product per layer. Each inference step's products here depend on the last
+    (a tiny update of the activities), so that none is hoisted out of the loop; no activation,
+    error, bias or optimiser work is done."""
+
+    NAME = "matmuls alone"
+
+    def __init__(self, task, weights):
+        if task.kind != "mlp":
+            raise ValueError(f"the matmul floor is defined for the MLP task, not {task.kind!r}")
+        self.weights_list = [jnp.asarray(weights[f"w{i}"]) for i in range(task.hidden_layers + 1)]
+
+        @jax.jit
+        def step(ws, x):
+            zs = [x]
+            for w in ws:
+                zs.append(zs[-1] @ w)
+
+            def inference_step(_, hidden):
+                predictions = [z @ w for z, w in zip(hidden, ws[1:])]
+                pulled = [e @ w.T for e, w in zip(predictions, ws[1:])]
+                return [z + 1e-3 * p for z, p in zip(hidden, pulled)]
+
+            hidden = jax.lax.fori_loop(0, INFERENCE_STEPS, inference_step, zs[1:-1])
+            inputs, errors = [x, *hidden], [*hidden, zs[-1]]
+            return [z.T @ e for z, e in zip(inputs, errors)]
+
+        self._step = step
+        self._out = None
 
     def step(self, x, y):
-        self.params, self.opt_state = self._step(self.params, self.opt_state, x, y)
+        self._out = self._step(self.weights_list, x)
 
     def sync(self):
-        jax.block_until_ready(self.params)
-
-    def logits(self, x):
-        return np.asarray(self._logits(self.params, x))
-
-    def weights(self):
-        return {k: np.asarray(v) for k, v in self.params.items()}
+        jax.block_until_ready(self._out)
 
 
 def peak_memory_bytes() -> tuple[int, str]:

@@ -1,16 +1,14 @@
 """pcgraph's run of the peer benchmark: the task's plain-JAX network with its hidden outputs
 marked as value nodes, trained by `pcgraph.train_step` with inference learning (IL).
 
-The step donates its parameters and optimiser state (`donate=True`, as FabricPC's step does)
-and runs with `throw=False`: no other library checks its relaxation, and pcgraph's check of a
-top-level call (`throw=True`, the default) waits for each step's result before returning, which
-on a CPU costs about a third of an MLP step. `time_steps.py` times the defaults too
-(`pcgraph (defaults)`)."""
+The step runs with `throw=False`: no other library checks its relaxation, and pcgraph's check
+of a top-level call (`throw=True`, the default) waits for each step's result before returning,
+which on a CPU costs about a third of an MLP step. It does not donate its buffers: on this
+benchmark's CPU runs donation saved no time on the MLP and the CNN and made the residual
+network's step up to 1.8x slower (docs/peers.md). `time_steps.py` times the defaults too
+(`pcgraph (defaults)`: `throw=True`)."""
 
 import common
-import jax
-import jax.numpy as jnp
-import numpy as np
 
 import pcgraph
 
@@ -35,36 +33,19 @@ def make_loss(task):
     return loss
 
 
-class Trainer:
+class Trainer(common.DictTrainer):
     def __init__(self, task, weights, optimizer, *, defaults=False):
-        self.params = {k: jnp.asarray(v) for k, v in weights.items()}
-        self.opt_state = optimizer.init(self.params)
+        super().__init__(task, weights, optimizer)
         algorithm = pcgraph.IL(
             stepper=pcgraph.Euler(common.INFERENCE_STEP_SIZE),
             max_steps=common.INFERENCE_STEPS,
             throw=defaults,
         )
-        self._step = pcgraph.train_step(
-            make_loss(task), optimizer, algorithm=algorithm, donate=not defaults
-        )
-        self._logits = jax.jit(lambda params, x: common.forward(task, params, x))
-
-    def step(self, x, y):
-        self.params, self.opt_state, _ = self._step(self.params, self.opt_state, x, y)
-
-    def sync(self):
-        jax.block_until_ready(self.params)
-
-    def logits(self, x):
-        return np.asarray(self._logits(self.params, x))
-
-    def weights(self):
-        return {k: np.asarray(v) for k, v in self.params.items()}
+        self._step = pcgraph.train_step(make_loss(task), optimizer, algorithm=algorithm)
 
 
 def make_trainer(task, weights, optimizer, *, defaults=False):
-    """The benchmark's trainer; `defaults=True`: `train_step`'s defaults (`throw=True`, no
-    donation)."""
+    """The benchmark's trainer; `defaults=True`: `train_step`'s defaults (`throw=True`)."""
     return Trainer(task, weights, optimizer, defaults=defaults)
 
 

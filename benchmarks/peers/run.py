@@ -26,8 +26,9 @@ same environment), peak memory, the agreement of the library's first weight upda
 pcgraph's (cosine; the same algorithm gives 1), and a paired t-test of pcgraph's accuracy against
 the library's (same seeds, so same initial weights and minibatches). A second table times one PC
 train step of the MLP in interleaved rounds: pcgraph and FabricPC in one process, pcx and jpc in
-their environment's process, the two processes alternating. Results go to `--out` (default
-`benchmarks/peers/results/`): `results.json`, `table.md` and `peers.png`.
+their environment's process, the two processes alternating, each also timing the step's matrix
+products alone (the floor under every library's step, `common.MatmulFloor`). Results go to
+`--out` (default `benchmarks/peers/results/`): `results.json`, `table.md` and `peers.png`.
 
 Runs alternate between libraries (the order rotates with the seed), so a change in the machine's
 load falls on all of them; for timings, run it on a quiet machine.
@@ -149,6 +150,10 @@ def check_updates(libraries, task_name, data, data_path, out) -> dict:
     return {lib: update_agreement(updates["pcgraph"], w, initial) for lib, w in updates.items()}
 
 
+# What time_steps.py measures in every environment besides the libraries.
+PER_ENVIRONMENT = ("backprop", common.MatmulFloor.NAME)
+
+
 def time_train_steps(libraries, data_path, rounds, alternations) -> dict:
     """Seconds per PC train step of the MLP task, the minimum over alternating processes (one
     per environment: its libraries and backprop, interleaved within the process)."""
@@ -162,7 +167,7 @@ def time_train_steps(libraries, data_path, rounds, alternations) -> dict:
             result = run_json([*command, "--libraries", *names])
             env = LIBRARIES[names[0]][0]
             for name, seconds in result.items():
-                key = f"backprop ({env})" if name == "backprop" else name
+                key = f"{name} ({env})" if name in PER_ENVIRONMENT else name
                 best[key] = min(best.get(key, math.inf), seconds)
     return best
 
@@ -280,9 +285,10 @@ def markdown(rows, steps, missing, unsupported, header) -> str:
         )
     if steps:
         fastest_peer = min(
-            (s for name, s in steps.items() if not name.startswith(("pcgraph", "backprop"))),
+            (s for name, s in steps.items() if not name.startswith(("pcgraph", *PER_ENVIRONMENT))),
             default=math.nan,
         )
+        floor = steps.get(f"{common.MatmulFloor.NAME} (current)", math.nan)
         lines += [
             "",
             f"PC train step of the MLP task (batch {common.BATCH_SIZE}, "
@@ -300,7 +306,10 @@ def markdown(rows, steps, missing, unsupported, header) -> str:
         if "pcgraph" in steps and not math.isnan(fastest_peer):
             lines += [
                 "",
-                f"pcgraph / fastest peer: {steps['pcgraph'] / fastest_peer:.2f}",
+                f"pcgraph / fastest peer: {steps['pcgraph'] / fastest_peer:.2f}; "
+                f"pcgraph / matmuls alone: {_number(steps['pcgraph'] / floor, '.2f')}; "
+                f"fastest peer / matmuls alone: {_number(fastest_peer / floor, '.2f')} "
+                "(the floor timed in pcgraph's environment)",
             ]
     for name, reason in missing.items():
         lines.append(f"\n- {name}: not run ({reason}).")

@@ -1,7 +1,7 @@
 """Time one PC train step of the MLP task for several libraries in one process (interleaved
 rounds, so that load from elsewhere hits them alike), together with the backprop reference of
-the same environment. Prints `{library: seconds per step}` as JSON; `run.py` calls it once per
-environment, alternating."""
+the same environment and the step's matrix products alone (`common.MatmulFloor`). Prints
+`{library: seconds per step}` as JSON; `run.py` calls it once per environment, alternating."""
 
 import argparse
 import importlib
@@ -31,6 +31,8 @@ def main():
             defaults = adapter.make_trainer(task, weights, optimizer, defaults=True)
             trainers["pcgraph (defaults)"] = defaults
     trainers["backprop"] = common.BackpropTrainer(task, weights, optimizer)
+    if task.kind == "mlp":
+        trainers[common.MatmulFloor.NAME] = common.MatmulFloor(task, weights)
     print(json.dumps(common.time_steps(trainers, task, data, args.rounds)))
 
 
