@@ -202,9 +202,9 @@ def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
     at the feedforward values (one `jax.vjp` before the loop). IL's arithmetic: the same IL
     steps with nothing but the arithmetic they need, written out (each node's tanh prediction,
     its error, the error scaled by tanh's derivative, its pull-back, the update): nothing an IL
-    step of this network could leave out. IL's matmuls: only the products
-    an IL step cannot avoid, `z_l @ W_{l+1}` and `d_{l+1} @ W_{l+1}^T` for every free node
-    (the floor of an IL step when matmuls run one at a time, as XLA:CPU runs them here).
+    step of this network could leave out. IL's matmuls: only the products an IL step cannot
+    avoid, `z_l @ W_{l+1}` and `d_{l+1} @ W_{l+1}^T` for every free node (the floor of an IL
+    step when matmuls run one at a time, as XLA:CPU runs them here).
     """
 
     def predict(zs, params):
