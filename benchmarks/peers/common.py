@@ -300,8 +300,9 @@ class BackpropTrainer(DictTrainer):
 
 
 class MatmulFloor:
-    """The matrix products of one PC train step of the MLP task and nothing else, as a `Trainer`
-    that learns nothing: the floor under every library's step on that task.
+    """The matrix products of one PC train step of the MLP task and nothing else, timed as a
+    trainer's steps are (`step`, `sync`; it learns nothing): the floor under every library's
+    step on that task.
 
     A step of inference learning computes the feedforward pass (one product per layer), then
     per inference step the prediction of every node above the first (the first one's input is
