@@ -15,19 +15,25 @@ script prints a markdown table of the ratios against the goals: an FPA step <= 0
 `jax.grad` call, and an IL step of the marked MLP <= 1.15x its floor, the matmuls an IL step of
 that network cannot avoid (`z_l @ W_{l+1}` and the pull-back `d_{l+1} @ W_{l+1}^T` for each of
 its 5 nodes, timed alone in a loop in the same process). `--diagnostics` adds the number of
-matmuls/convolutions per step in the compiled programs, `jax.grad` timed inside a compiled
-loop, and IL and FPA steps of the marked MLP written by hand in plain JAX.
+matmuls/convolutions per step in the compiled programs and the time each step spends in its
+matmul, elementwise and copy kernels (from a `jax.profiler` trace), `jax.grad` timed inside a
+compiled loop, and steps of the marked MLP written by hand in plain JAX: IL and FPA, IL's bare
+arithmetic, and its elementwise work alone.
 
 Run `python benchmarks/step_cost.py --help` for the options. It runs unchanged on a GPU.
 """
 
 import argparse
 import functools
+import gzip
+import json
 import os
+import pathlib
 import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 import timeit
 from collections.abc import Callable
@@ -202,9 +208,11 @@ def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
     at the feedforward values (one `jax.vjp` before the loop). IL's arithmetic: the same IL
     steps with nothing but the arithmetic they need, written out (each node's tanh prediction,
     its error, the error scaled by tanh's derivative, its pull-back, the update): nothing an IL
-    step of this network could leave out. IL's matmuls: only the products an IL step cannot
-    avoid, `z_l @ W_{l+1}` and `d_{l+1} @ W_{l+1}^T` for every free node (the floor of an IL
-    step when matmuls run one at a time, as XLA:CPU runs them here).
+    step of this network could leave out. IL's elementwise work: that arithmetic with every
+    product replaced by the identity embedding `[I; 0]` of its shape, so that no matmul
+    separates its parts: the elementwise work of an IL step at its cheapest. IL's matmuls: only
+    the products an IL step cannot avoid, `z_l @ W_{l+1}` and `d_{l+1} @ W_{l+1}^T` for every
+    free node (the floor of an IL step when matmuls run one at a time, as XLA:CPU runs them).
     """
 
     def predict(zs, params):
@@ -252,24 +260,39 @@ def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
 
         return jax.jit(run)
 
-    def il_arithmetic(n: int) -> Callable:
+    def il_arithmetic_loop(n: int, product, pull_back) -> Callable:
         def run(params):
             ws, bs = [p["w"] for p in params], [p["b"] for p in params]
             zs = feedforward(params)
             first = zs[0]  # the first node's prediction: its input x is clamped
 
             def body(_, zs):
-                mus = [first] + [jnp.tanh(z @ w + b) for z, w, b in zip(zs, ws[1:-1], bs[1:-1])]
+                mus = [first]
+                mus += [jnp.tanh(product(z, w) + b) for z, w, b in zip(zs, ws[1:-1], bs[1:-1])]
                 errors = [z - mu for z, mu in zip(zs, mus)]
                 scaled = [e * (1 - mu * mu) for e, mu in zip(errors[1:], mus[1:])]
-                probs = jax.nn.softmax(zs[-1] @ ws[-1] + bs[-1])
+                probs = jax.nn.softmax(product(zs[-1], ws[-1]) + bs[-1])
                 scaled.append((labels - probs) / labels.shape[0])  # -dCE/dlogits
-                pulled = [d @ w.T for d, w in zip(scaled, ws[1:])]
+                pulled = [pull_back(d, w) for d, w in zip(scaled, ws[1:])]
                 return [z - 0.1 * (e - p) for z, e, p in zip(zs, errors, pulled)]
 
             return jax.lax.fori_loop(0, n, body, zs)
 
         return jax.jit(run)
+
+    def il_arithmetic(n: int) -> Callable:
+        return il_arithmetic_loop(n, lambda z, w: z @ w, lambda d, w: d @ w.T)
+
+    def il_elementwise(n: int) -> Callable:
+        # Each product `z @ W` replaced by what it gives for `W = [I; 0]` of W's shape (the
+        # layers' widths never grow): the same arithmetic, with no matmul between its parts.
+        def embed(z, w):
+            return z[:, : w.shape[1]]
+
+        def pad(d, w):
+            return jnp.pad(d, ((0, 0), (0, w.shape[0] - d.shape[1])))
+
+        return il_arithmetic_loop(n, embed, pad)
 
     def il_matmuls(n: int) -> Callable:
         def run(params):
@@ -289,6 +312,7 @@ def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
         "IL written by hand": il,
         "FPA written by hand": fpa,
         "IL's arithmetic alone": il_arithmetic,
+        "IL's elementwise work alone": il_elementwise,
         "IL's matmuls alone": il_matmuls,
     }
 
@@ -334,14 +358,8 @@ def run_rounds(benches: dict[str, Bench], repeats: int):
             bench.sample()
 
 
-def ops_per_loop_iteration(fn: Callable, args: tuple) -> str:
-    """Matmuls and convolutions in the body of the compiled program's (outermost) while loop,
-    read from XLA's HLO text: what one relaxation step computes. A diagnostic only: the text
-    format is XLA's and may change."""
-    try:
-        text = fn.lower(*args).compile().as_text()
-    except Exception as error:  # noqa: BLE001 - a diagnostic must not stop the benchmark
-        return f"n/a ({type(error).__name__})"
+def _computations(text: str) -> dict[str, list[str]]:
+    """The lines of each computation in XLA's HLO text, by name (the entry one as "ENTRY")."""
     computations: dict[str, list[str]] = {}
     lines: list[str] = []
     for line in text.splitlines():
@@ -350,6 +368,11 @@ def ops_per_loop_iteration(fn: Callable, args: tuple) -> str:
             lines = computations.setdefault("ENTRY" if header.group(1) else header.group(2), [])
         else:
             lines.append(line)
+    return computations
+
+
+def _products(computations: dict[str, list[str]]) -> Callable[[str], tuple[int, int]]:
+    """`name -> (matmuls, convolutions)` in a computation and those it calls."""
 
     @functools.cache
     def count(name: str) -> tuple[int, int]:
@@ -363,10 +386,78 @@ def ops_per_loop_iteration(fn: Callable, args: tuple) -> str:
                 dots, convs = dots + d, convs + c
         return dots, convs
 
+    return count
+
+
+def _compiled_text(fn: Callable, args: tuple) -> str:
+    return fn.lower(*args).compile().as_text()
+
+
+def ops_per_loop_iteration(fn: Callable, args: tuple) -> str:
+    """Matmuls and convolutions in the body of the compiled program's (outermost) while loop,
+    read from XLA's HLO text: what one relaxation step computes. A diagnostic only: the text
+    format is XLA's and may change."""
+    try:
+        text = _compiled_text(fn, args)
+    except Exception as error:  # noqa: BLE001 - a diagnostic must not stop the benchmark
+        return f"n/a ({type(error).__name__})"
     bodies = re.findall(r"while\(.*?body=%([\w.\-]+)", text)
-    dots, convs = count(bodies[0]) if bodies else count("ENTRY")
+    dots, convs = _products(_computations(text))(bodies[0] if bodies else "ENTRY")
     where = "per loop iteration" if bodies else "in the program"
     return f"{dots} matmuls, {convs} convolutions {where}"
+
+
+KERNEL_KINDS = ("matmuls", "elementwise", "copies")
+# Instructions that run no kernel of their own.
+_NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while"}
+
+
+def kernel_times(fn: Callable, args: tuple, calls: int = 3) -> str:
+    """Where one iteration of the compiled program's relaxation loop spends its time, by kind
+    of kernel: matmuls and convolutions, copies, and the rest (elementwise work and
+    reductions). The loop body's instructions are read from XLA's HLO text and matched by name
+    to the kernel events of a `jax.profiler` trace of `calls` calls of `fn` (on a CPU, each
+    instruction of the compiled program runs as one kernel); each kernel counts with the
+    median of its runs. A diagnostic only: the profiler adds a little to every kernel, and the
+    trace format is XLA's."""
+    try:
+        text = _compiled_text(fn, args)
+        computations = _computations(text)
+        body = re.findall(r"while\(.*?body=%([\w.\-]+)", text)[0]
+        products = _products(computations)
+        kinds = {}
+        for line in computations[body]:
+            match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(", line)
+            if match is None or match.group(2) in _NOT_KERNELS:
+                continue
+            name, opcode = match.groups()
+            called = re.findall(r"calls=%([\w.\-]+)", line)
+            if opcode in ("dot", "convolution") or any(sum(products(c)) for c in called):
+                kinds[name] = "matmuls"
+            else:
+                kinds[name] = "copies" if opcode == "copy" else "elementwise"
+        with tempfile.TemporaryDirectory() as directory:
+            with jax.profiler.trace(directory, create_perfetto_trace=True):
+                for _ in range(calls):
+                    jax.block_until_ready(fn(*args))
+            (trace,) = pathlib.Path(directory).rglob("*.trace.json.gz")
+            events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    except Exception as error:  # noqa: BLE001 - a diagnostic must not stop the benchmark
+        return f"kernel times n/a ({type(error).__name__})"
+    durations: dict[str, list[float]] = {name: [] for name in kinds}
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in durations:
+            durations[event["name"]].append(event["dur"])
+    if not any(durations.values()):
+        return "kernel times n/a (no kernel of the loop in the trace)"
+    # Each kernel's median over its runs (one per call and step): a disturbed run does not
+    # count.
+    micros = dict.fromkeys(KERNEL_KINDS, 0.0)
+    for name, runs in durations.items():
+        micros[kinds[name]] += statistics.median(runs) if runs else 0.0
+    counts = {kind: list(kinds.values()).count(kind) for kind in KERNEL_KINDS}
+    parts = [f"{kind} {micros[kind]:.1f} us ({counts[kind]} kernels)" for kind in KERNEL_KINDS]
+    return "per step, profiled: " + ", ".join(parts)
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -435,8 +526,8 @@ def parse_args(argv):
     parser.add_argument(
         "--diagnostics",
         action="store_true",
-        help="also count matmuls/convolutions per step, time jax.grad inside a compiled "
-        "loop, and time IL/FPA steps written by hand and IL's matmuls alone on the marked MLP",
+        help="also count matmuls/convolutions per step, profile each step's kernels, time "
+        "jax.grad inside a compiled loop, and time steps of the marked MLP written by hand",
     )
     args = parser.parse_args(argv)
     if not 0 <= args.steps[0] < args.steps[1]:
@@ -503,12 +594,15 @@ def main(argv=None):
             )
             if args.diagnostics:
                 print(f"    {ops_per_loop_iteration(solvers[alg, n2], model.args)}")
+                print(f"    {kernel_times(solvers[alg, n2], model.args)}", flush=True)
         floor = marginal(FLOOR)[0] if FLOOR in references else None
         for alg in ALGORITHMS:
             rows.append((model.name, alg, marginal(alg)[0], grad_time, floor))
         for label in references:
             step, _ = marginal(label)
             print(f"  {label}: {step * 1e6:.1f} us per step, {step / grad_time:.2f}x jax.grad")
+            if args.diagnostics:
+                print(f"    {kernel_times(extra[label, n2], model.args[:1])}", flush=True)
             rows.append((model.name, label, step, grad_time, floor))
 
     print(

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.stats
+from helpers import tree_allclose
 
 import pcgraph
 
@@ -51,6 +52,35 @@ def test_matmul_floor_is_the_products_of_an_il_train_step(peers):
     assert program.count("dot_general") == 2 * per_layer + per_inference_step
     with pytest.raises(ValueError, match="defined for the MLP task"):
         common.MatmulFloor(common.make_task("cnn", (8, 8, 1)), weights)
+
+
+def test_elementwise_floor_is_inference_learning_without_products(peers):
+    """The second floor under every library's MLP step computes the inference steps'
+    elementwise work: with weights `eye(fan_in, fan_out)`, for which each product it leaves out
+    is what it computes instead, it reaches the hidden values pcgraph's IL reaches; its program
+    has no product at all."""
+    common, pcgraph_adapter, _ = peers
+    task = common.make_task("mlp", (8, 8, 1))
+    weights = common.init_weights(task, seed=0)
+    rng = np.random.default_rng(1)
+    for i in range(task.hidden_layers + 1):
+        weights[f"w{i}"] = np.eye(*weights[f"w{i}"].shape, dtype=np.float32)
+        weights[f"b{i}"] = rng.normal(0, 0.1, weights[f"b{i}"].shape).astype(np.float32)
+    x = rng.uniform(0, 1, (common.BATCH_SIZE, task.in_size)).astype(np.float32)
+    y = common.one_hot(rng.integers(0, common.NUM_CLASSES, common.BATCH_SIZE))
+    floor = common.ElementwiseFloor(task, weights)
+    hidden = floor._step(floor.biases, x, y)
+    algorithm = pcgraph.IL(
+        stepper=pcgraph.Euler(common.INFERENCE_STEP_SIZE), max_steps=common.INFERENCE_STEPS
+    )
+    params = {k: jnp.asarray(v) for k, v in weights.items()}
+    loss = pcgraph_adapter.make_loss(task)
+    solution = pcgraph.relax(loss, params, x, y, algorithm=algorithm)
+    relaxed = [solution.values[f"z{i}"] for i in range(1, task.hidden_layers + 1)]
+    assert tree_allclose(hidden, relaxed, rtol=1e-5, atol=1e-6)  # float32
+    assert "dot_general" not in floor._step.lower(floor.biases, x, y).as_text()
+    with pytest.raises(ValueError, match="elementwise floor is defined for the MLP task"):
+        common.ElementwiseFloor(common.make_task("cnn", (8, 8, 1)), weights)
 
 
 def test_residual_task_is_pcgraphs_mupc_network(peers):
@@ -143,6 +173,27 @@ def test_interval_and_paired_test(peers):
     assert math.isnan(run.paired_test([0.9, 0.8], [0.8, 0.7])[1])
 
 
+def test_step_table_sets_pcgraph_and_the_floors_against_the_fastest_peer(peers):
+    _, _, run = peers
+    milliseconds = {
+        "pcgraph": 2.0,
+        "pcgraph (defaults)": 3.0,
+        "fabricpc": 2.5,
+        "pcx": 4.0,
+        "backprop (current)": 0.4,
+        "matmuls alone (current)": 1.6,
+        "elementwise alone (current)": 0.5,
+        "matmuls alone (jax04)": 1.2,  # another environment's floor is not the reference
+    }
+    steps = {name: ms / 1e3 for name, ms in milliseconds.items()}
+    table = run.markdown([], steps, {}, {}, "header")
+    assert "| fabricpc | 2.50 | 1.25 | 0.80 |" in table
+    assert (
+        "pcgraph / fastest peer: 0.80; pcgraph / matmuls alone: 1.25; fastest peer / matmuls "
+        "alone: 1.56; matmuls + elementwise alone: 2.10 ms, 0.84x the fastest peer"
+    ) in table
+
+
 def test_update_agreement_is_a_cosine(peers):
     _, _, run = peers
     initial = {"w": np.zeros(3), "b": np.zeros(2)}
@@ -163,7 +214,7 @@ def test_benchmark_runs_and_writes_its_table(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| mlp | pcgraph |" in table and "| mlp | backprop (current) |" in table
     assert "| pcgraph | " in table  # the train-step timing table, with its floor
-    assert "| matmuls alone (current) | " in table
+    assert "| matmuls alone (current) | " in table and "| elementwise alone (current) | " in table
     results = json.loads((tmp_path / "results.json").read_text())
     pc = [r for r in results["runs"] if r["method"] == "pc"]
     assert len(pc) == 2 and all(0.5 < r["accuracy"] <= 1 for r in pc)

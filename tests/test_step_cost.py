@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import pytest
 from helpers import tree_allclose
@@ -43,6 +44,27 @@ def test_hand_written_il_references_are_pcgraphs_il(step_cost, x64):
     assert tree_allclose(arithmetic, pcgraph_values, rtol=1e-10, atol=1e-12)
 
 
+def test_elementwise_reference_is_il_arithmetic_without_products(step_cost, x64):
+    """ "IL's elementwise work alone" computes IL's arithmetic with each product replaced by what
+    it gives for identity weights `eye(fan_in, fan_out)`: with those weights the two agree,
+    and its loop computes no product."""
+    model = step_cost.make_models(jnp.float64)["mlp"]
+    keys = jax.random.split(jax.random.key(1), len(model.args[0]))
+    identity_weights = [
+        {
+            "w": jnp.eye(*p["w"].shape, dtype=p["w"].dtype),
+            "b": 0.1 * jax.random.normal(k, p["b"].shape),
+        }
+        for p, k in zip(model.args[0], keys)
+    ]
+    references = step_cost.reference_steps(*model.args)
+    elementwise = references["IL's elementwise work alone"](7)
+    arithmetic = references["IL's arithmetic alone"](7)
+    assert tree_allclose(elementwise(identity_weights), arithmetic(identity_weights), rtol=1e-12)
+    products = step_cost.ops_per_loop_iteration(elementwise, (identity_weights,))
+    assert products == "0 matmuls, 0 convolutions per loop iteration"
+
+
 @pytest.mark.slow
 def test_step_cost_benchmark_smoke_run():
     script = pathlib.Path(__file__).parents[1] / "benchmarks" / "step_cost.py"
@@ -58,6 +80,7 @@ def test_step_cost_benchmark_smoke_run():
         "IL written by hand",
         "FPA written by hand",
         "IL's arithmetic alone",
+        "IL's elementwise work alone",
         "IL's matmuls alone",
     ]
     # Every row of the marked MLP has its ratio to the floor; IL's goal is against the floor,
@@ -67,3 +90,5 @@ def test_step_cost_benchmark_smoke_run():
     assert re.search(ratios + r"<= 0\.3x jax\.grad \| (yes|no) \|$", rows[1]), rows[1]
     assert all(re.search(ratios + r"\| \|$", row) for row in rows[2:]), rows
     assert run.stdout.count("successful") == 2  # both relaxations ran their steps
+    # Every timed loop's kernels were found in its profile: IL, FPA and the 5 references.
+    assert run.stdout.count("per step, profiled: matmuls ") == 7, run.stdout

@@ -299,6 +299,11 @@ class BackpropTrainer(DictTrainer):
         self._step = step
 
 
+def _require_mlp(task: Task, floor: str) -> None:
+    if task.kind != "mlp":
+        raise ValueError(f"the {floor} is defined for the MLP task, not {task.kind!r}")
+
+
 class MatmulFloor:
     """The matrix products of one PC train step of the MLP task and nothing else, timed as a
     trainer's steps are (`step`, `sync`; it learns nothing): the floor under every library's
@@ -314,8 +319,7 @@ class MatmulFloor:
     NAME = "matmuls alone"
 
     def __init__(self, task, weights):
-        if task.kind != "mlp":
-            raise ValueError(f"the matmul floor is defined for the MLP task, not {task.kind!r}")
+        _require_mlp(task, "matmul floor")
         self.weights_list = [jnp.asarray(weights[f"w{i}"]) for i in range(task.hidden_layers + 1)]
 
         @jax.jit
@@ -338,6 +342,66 @@ class MatmulFloor:
 
     def step(self, x, y):
         self._out = self._step(self.weights_list, x)
+
+    def sync(self):
+        jax.block_until_ready(self._out)
+
+
+def embed(z, size):
+    """`z @ eye(z.shape[1], size)`, without the product: `z`'s columns cut or zero-padded to
+    `size`."""
+    if z.shape[1] >= size:
+        return z[:, :size]
+    return jnp.pad(z, ((0, 0), (0, size - z.shape[1])))
+
+
+class ElementwiseFloor:
+    """The elementwise work of the inference steps of one PC train step of the MLP task and
+    nothing else, timed as `MatmulFloor` is. With it, the two floors add up to a bound under
+    every library's step on one CPU core, where XLA runs its kernels one at a time and a
+    product's kernel does not take elementwise work in.
+
+    Each inference step computes, as inference learning does (Whittington & Bogacz 2017), every
+    hidden node's `tanh` prediction, its error, the error scaled by `tanh`'s derivative, the
+    output's error against the clamped label, and the update
+    `z <- z - INFERENCE_STEP_SIZE * (error - pulled-back error)`; every product `z @ W` and
+    pull-back `d @ W.T` is replaced by what it gives for `W = eye(fan_in, fan_out)` (`embed`),
+    so that no matmul is computed. `step` returns the relaxed hidden values (what inference
+    learning reaches with those identity weights and the task's biases); the feedforward pass,
+    the weight gradients and the optimiser are left out."""
+
+    NAME = "elementwise alone"
+
+    def __init__(self, task, weights):
+        _require_mlp(task, "elementwise floor")
+        self.biases = [jnp.asarray(weights[f"b{i}"]) for i in range(task.hidden_layers + 1)]
+
+        @jax.jit
+        def step(biases, x, y):
+            hidden, z = [], x
+            for b in biases[:-1]:
+                z = jnp.tanh(embed(z, b.shape[0]) + b)
+                hidden.append(z)
+            first = hidden[0]  # the first node's prediction: its input is clamped
+
+            def inference_step(_, hidden):
+                mus = [first]
+                mus += [jnp.tanh(embed(z, b.shape[0]) + b) for z, b in zip(hidden, biases[1:-1])]
+                errors = [z - mu for z, mu in zip(hidden, mus)]
+                scaled = [e * (1 - mu * mu) for e, mu in zip(errors[1:], mus[1:])]
+                scaled.append(y - (embed(hidden[-1], y.shape[1]) + biases[-1]))
+                pulled = [embed(d, z.shape[1]) for d, z in zip(scaled, hidden)]
+                return [
+                    z - INFERENCE_STEP_SIZE * (e - p) for z, e, p in zip(hidden, errors, pulled)
+                ]
+
+            return jax.lax.fori_loop(0, INFERENCE_STEPS, inference_step, hidden)
+
+        self._step = step
+        self._out = None
+
+    def step(self, x, y):
+        self._out = self._step(self.biases, x, y)
 
     def sync(self):
         jax.block_until_ready(self._out)

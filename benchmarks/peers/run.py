@@ -26,9 +26,11 @@ same environment), peak memory, the agreement of the library's first weight upda
 pcgraph's (cosine; the same algorithm gives 1), and a paired t-test of pcgraph's accuracy against
 the library's (same seeds, so same initial weights and minibatches). A second table times one PC
 train step of the MLP in interleaved rounds: pcgraph and FabricPC in one process, pcx and jpc in
-their environment's process, the two processes alternating, each also timing the step's matrix
-products alone (the floor under every library's step, `common.MatmulFloor`). Results go to
-`--out` (default `benchmarks/peers/results/`): `results.json`, `table.md` and `peers.png`.
+their environment's process, the two processes alternating, each also timing the step's two
+floors: its matrix products alone (`common.MatmulFloor`) and its inference steps' elementwise
+work alone (`common.ElementwiseFloor`); on one CPU core, which runs a step's kernels one at a
+time, their sum is a bound under every library's step. Results go to `--out` (default
+`benchmarks/peers/results/`): `results.json`, `table.md` and `peers.png`.
 
 Runs alternate between libraries (the order rotates with the seed), so a change in the machine's
 load falls on all of them; for timings, run it on a quiet machine.
@@ -151,7 +153,7 @@ def check_updates(libraries, task_name, data, data_path, out) -> dict:
 
 
 # What time_steps.py measures in every environment besides the libraries.
-PER_ENVIRONMENT = ("backprop", common.MatmulFloor.NAME)
+PER_ENVIRONMENT = ("backprop", common.MatmulFloor.NAME, common.ElementwiseFloor.NAME)
 
 
 def time_train_steps(libraries, data_path, rounds, alternations) -> dict:
@@ -289,6 +291,7 @@ def markdown(rows, steps, missing, unsupported, header) -> str:
             default=math.nan,
         )
         floor = steps.get(f"{common.MatmulFloor.NAME} (current)", math.nan)
+        bound = floor + steps.get(f"{common.ElementwiseFloor.NAME} (current)", math.nan)
         lines += [
             "",
             f"PC train step of the MLP task (batch {common.BATCH_SIZE}, "
@@ -308,8 +311,10 @@ def markdown(rows, steps, missing, unsupported, header) -> str:
                 "",
                 f"pcgraph / fastest peer: {steps['pcgraph'] / fastest_peer:.2f}; "
                 f"pcgraph / matmuls alone: {_number(steps['pcgraph'] / floor, '.2f')}; "
-                f"fastest peer / matmuls alone: {_number(fastest_peer / floor, '.2f')} "
-                "(the floor timed in pcgraph's environment)",
+                f"fastest peer / matmuls alone: {_number(fastest_peer / floor, '.2f')}; "
+                f"matmuls + elementwise alone: {_number(1e3 * bound, '.2f')} ms, "
+                f"{_number(bound / fastest_peer, '.2f')}x the fastest peer (the floors timed "
+                "in pcgraph's environment)",
             ]
     for name, reason in missing.items():
         lines.append(f"\n- {name}: not run ({reason}).")

@@ -1,7 +1,9 @@
 """Time one PC train step of the MLP task for several libraries in one process (interleaved
 rounds, so that load from elsewhere hits them alike), together with the backprop reference of
-the same environment and the step's matrix products alone (`common.MatmulFloor`). Prints
-`{library: seconds per step}` as JSON; `run.py` calls it once per environment, alternating."""
+the same environment and, for the MLP, the step's two floors: its matrix products alone
+(`common.MatmulFloor`) and its inference steps' elementwise work alone
+(`common.ElementwiseFloor`). Prints `{library: seconds per step}` as JSON; `run.py` calls it
+once per environment, alternating."""
 
 import argparse
 import importlib
@@ -33,6 +35,7 @@ def main():
     trainers["backprop"] = common.BackpropTrainer(task, weights, optimizer)
     if task.kind == "mlp":
         trainers[common.MatmulFloor.NAME] = common.MatmulFloor(task, weights)
+        trainers[common.ElementwiseFloor.NAME] = common.ElementwiseFloor(task, weights)
     print(json.dumps(common.time_steps(trainers, task, data, args.rounds)))
 
 
