@@ -210,7 +210,7 @@ def reference_steps(params, x, labels) -> dict[str, Callable[[int], Callable]]:
     its error, the error scaled by tanh's derivative, its pull-back, the update): nothing an IL
     step of this network could leave out. IL's elementwise work: that arithmetic with every
     product replaced by the identity embedding `[I; 0]` of its shape, so that no matmul
-    separates its parts: the elementwise work of an IL step at its cheapest. IL's matmuls: only
+    separates its parts: the elementwise work of an IL step compiled alone. IL's matmuls: only
     the products an IL step cannot avoid, `z_l @ W_{l+1}` and `d_{l+1} @ W_{l+1}^T` for every
     free node (the floor of an IL step when matmuls run one at a time, as XLA:CPU runs them).
     """
