@@ -401,6 +401,10 @@ def ops_per_loop_iteration(fn: Callable, args: tuple) -> str:
         text = _compiled_text(fn, args)
     except Exception as error:  # noqa: BLE001 - a diagnostic must not stop the benchmark
         return f"n/a ({type(error).__name__})"
+    return _products_per_loop_iteration(text)
+
+
+def _products_per_loop_iteration(text: str) -> str:
     bodies = re.findall(r"while\(.*?body=%([\w.\-]+)", text)
     dots, convs = _products(_computations(text))(bodies[0] if bodies else "ENTRY")
     where = "per loop iteration" if bodies else "in the program"
@@ -412,16 +416,15 @@ KERNEL_KINDS = ("matmuls", "elementwise", "copies")
 _NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while"}
 
 
-def kernel_times(fn: Callable, args: tuple, calls: int = 3) -> str:
+def kernel_times(fn: Callable, args: tuple, text: str, calls: int = 3) -> str:
     """Where one iteration of the compiled program's relaxation loop spends its time, by kind
     of kernel: matmuls and convolutions, copies, and the rest (elementwise work and
     reductions). The loop body's instructions are read from XLA's HLO text and matched by name
     to the kernel events of a `jax.profiler` trace of `calls` calls of `fn` (on a CPU, each
     instruction of the compiled program runs as one kernel); each kernel counts with the
-    median of its runs. A diagnostic only: the profiler adds a little to every kernel, and the
-    trace format is XLA's."""
+    median of its runs. `text` is the compiled program's HLO text. A diagnostic only: the
+    profiler adds a little to every kernel, and the trace format is XLA's."""
     try:
-        text = _compiled_text(fn, args)
         computations = _computations(text)
         body = re.findall(r"while\(.*?body=%([\w.\-]+)", text)[0]
         products = _products(computations)
@@ -458,6 +461,16 @@ def kernel_times(fn: Callable, args: tuple, calls: int = 3) -> str:
     counts = {kind: list(kinds.values()).count(kind) for kind in KERNEL_KINDS}
     parts = [f"{kind} {micros[kind]:.1f} us ({counts[kind]} kernels)" for kind in KERNEL_KINDS]
     return "per step, profiled: " + ", ".join(parts)
+
+
+def loop_diagnostics(fn: Callable, args: tuple) -> list[str]:
+    """The products per iteration of the compiled program's loop and its kernel times, from
+    one compilation."""
+    try:
+        text = _compiled_text(fn, args)
+    except Exception as error:  # noqa: BLE001 - a diagnostic must not stop the benchmark
+        return [f"n/a ({type(error).__name__})"]
+    return [_products_per_loop_iteration(text), kernel_times(fn, args, text)]
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -593,8 +606,8 @@ def main(argv=None):
                 flush=True,
             )
             if args.diagnostics:
-                print(f"    {ops_per_loop_iteration(solvers[alg, n2], model.args)}")
-                print(f"    {kernel_times(solvers[alg, n2], model.args)}", flush=True)
+                for line in loop_diagnostics(solvers[alg, n2], model.args):
+                    print(f"    {line}", flush=True)
         floor = marginal(FLOOR)[0] if FLOOR in references else None
         for alg in ALGORITHMS:
             rows.append((model.name, alg, marginal(alg)[0], grad_time, floor))
@@ -602,7 +615,8 @@ def main(argv=None):
             step, _ = marginal(label)
             print(f"  {label}: {step * 1e6:.1f} us per step, {step / grad_time:.2f}x jax.grad")
             if args.diagnostics:
-                print(f"    {kernel_times(extra[label, n2], model.args[:1])}", flush=True)
+                kernels = loop_diagnostics(extra[label, n2], model.args[:1])[-1]
+                print(f"    {kernels}", flush=True)
             rows.append((model.name, label, step, grad_time, floor))
 
     print(

@@ -299,12 +299,20 @@ class BackpropTrainer(DictTrainer):
         self._step = step
 
 
-def _require_mlp(task: Task, floor: str) -> None:
-    if task.kind != "mlp":
-        raise ValueError(f"the {floor} is defined for the MLP task, not {task.kind!r}")
+class _Floor:
+    """A part of one PC train step of the MLP task, computed alone and timed as a trainer's
+    steps are (`step`, `sync`; it learns nothing)."""
+
+    def __init__(self, task: Task, floor: str):
+        if task.kind != "mlp":
+            raise ValueError(f"the {floor} is defined for the MLP task, not {task.kind!r}")
+        self._out = None
+
+    def sync(self):
+        jax.block_until_ready(self._out)
 
 
-class MatmulFloor:
+class MatmulFloor(_Floor):
     """The matrix products of one PC train step of the MLP task and nothing else, timed as a
     trainer's steps are (`step`, `sync`; it learns nothing): the floor under every library's
     step on that task.
@@ -319,7 +327,7 @@ class MatmulFloor:
     NAME = "matmuls alone"
 
     def __init__(self, task, weights):
-        _require_mlp(task, "matmul floor")
+        super().__init__(task, "matmul floor")
         self.weights_list = [jnp.asarray(weights[f"w{i}"]) for i in range(task.hidden_layers + 1)]
 
         @jax.jit
@@ -338,13 +346,9 @@ class MatmulFloor:
             return [z.T @ e for z, e in zip(inputs, errors)]
 
         self._step = step
-        self._out = None
 
     def step(self, x, y):
         self._out = self._step(self.weights_list, x)
-
-    def sync(self):
-        jax.block_until_ready(self._out)
 
 
 def embed(z, size):
@@ -355,7 +359,7 @@ def embed(z, size):
     return jnp.pad(z, ((0, 0), (0, size - z.shape[1])))
 
 
-class ElementwiseFloor:
+class ElementwiseFloor(_Floor):
     """The elementwise work of the inference steps of one PC train step of the MLP task and
     nothing else, timed as `MatmulFloor` is. With it, the two floors add up to a bound under
     every library's step on one CPU core, where XLA runs its kernels one at a time and a
@@ -373,7 +377,7 @@ class ElementwiseFloor:
     NAME = "elementwise alone"
 
     def __init__(self, task, weights):
-        _require_mlp(task, "elementwise floor")
+        super().__init__(task, "elementwise floor")
         self.biases = [jnp.asarray(weights[f"b{i}"]) for i in range(task.hidden_layers + 1)]
 
         @jax.jit
@@ -398,13 +402,9 @@ class ElementwiseFloor:
             return jax.lax.fori_loop(0, INFERENCE_STEPS, inference_step, hidden)
 
         self._step = step
-        self._out = None
 
     def step(self, x, y):
         self._out = self._step(self.biases, x, y)
-
-    def sync(self):
-        jax.block_until_ready(self._out)
 
 
 def peak_memory_bytes() -> tuple[int, str]:

@@ -2,11 +2,11 @@
 marked as value nodes, trained by `pcgraph.train_step` with inference learning (IL).
 
 The step runs with `throw=False`: no other library checks its relaxation, and pcgraph's check
-of a top-level call (`throw=True`, the default) waits for each step's result before returning,
-which on a CPU costs about a third of an MLP step. It does not donate its buffers: on this
-benchmark's CPU runs donation saved no time on the MLP and the CNN and made the residual
-network's step up to 1.8x slower (docs/peers.md). `time_steps.py` times the defaults too
-(`pcgraph (defaults)`: `throw=True`)."""
+of a top-level call (`throw=True`, the default) checks the inputs and waits for each step's
+result before returning, which made an MLP step 1.5-1.7x longer on a CPU. It does not donate
+its buffers: on this benchmark's CPU runs donation saved no time on the MLP and the CNN and made
+the residual network's step up to 1.8x slower (docs/peers.md). `time_steps.py` times the
+defaults too (`pcgraph (defaults)`: `throw=True`)."""
 
 import common
 
