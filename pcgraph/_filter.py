@@ -25,6 +25,10 @@ class _Recombined(eqx.Module):
     def __call__(self, diff, nondiff, kwargs, *args):
         return self.fun(eqx.combine(diff, nondiff), *args, **kwargs)
 
+    def _pcgraph_as_pytree(self):
+        # Converted at every call, so that the state `fun` reads is read then.
+        return _Recombined(as_pytree(self.fun))
+
 
 def _first_argument(args, kwargs, name: str):
     if not args:
@@ -93,7 +97,7 @@ def _filtered(fun: Callable, has_aux: bool, algorithm, placement, latents, name:
     # `_Recombined` takes (diff, nondiff, kwargs, *args): argument k of `fun` is its k + 2.
     shifted = tuple(n + 2 if n >= 0 else n for n in nums)
     solve = value_and_grad(
-        _Recombined(as_pytree(fun)),
+        _Recombined(fun),
         has_aux=has_aux,
         algorithm=algorithm,
         placement=placement,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from ._algorithms import FPA, IL, AbstractAlgorithm, Options, Start
-from ._closure import as_pytree
+from ._closure import CONCRETE_ERRORS, as_pytree, concrete_numpy
 from ._energy import State
 from ._graph import Feedforward
 from ._jit import filter_jit
@@ -206,6 +206,12 @@ def _solve_jit(fn, args, kwargs, setup: _Setup, init) -> Solution:
 def _solve(fn, args, kwargs, setup: _Setup, init=None) -> Solution:
     # The function as a pytree of the arrays it closes over: a fresh closure over new arrays
     # reuses the compiled solve.
+    try:
+        return _solve_jit(as_pytree(fn), args, kwargs, setup, init)
+    except CONCRETE_ERRORS:
+        if not concrete_numpy(fn):
+            raise
+    # It needs a NumPy array's values while tracing: read them as constants, as jax.grad does.
     return _solve_jit(as_pytree(fn), args, kwargs, setup, init)
 
 
@@ -498,16 +504,23 @@ def train_step(
     algorithm = _check_algorithm(algorithm, latents)
     setup = _Setup(
         0, has_aux, algorithm, check_placement(placement), latents,
-        Options(save_energy, saveat),
+        Options(save_energy, saveat), filtered=True,
     )  # fmt: skip
 
     train = _train_donated if donate else _train
 
     @functools.wraps(fn)
     def step(params, opt_state, *args, **kwargs):
-        params, opt_state, info = train(
-            as_pytree(fn), optimizer, params, opt_state, args, kwargs, setup
-        )
+        try:
+            params, opt_state, info = train(
+                as_pytree(fn), optimizer, params, opt_state, args, kwargs, setup
+            )
+        except CONCRETE_ERRORS:
+            if not concrete_numpy(fn):
+                raise
+            params, opt_state, info = train(
+                as_pytree(fn), optimizer, params, opt_state, args, kwargs, setup
+            )
         return _checked(info, algorithm, (params, opt_state, info))
 
     return step
