@@ -22,12 +22,6 @@ from ._check import (
 )
 from ._cost import CostReport as CostReport, cost as cost
 from ._ebm import AbstractEnergy as AbstractEnergy, HopfieldEnergy as HopfieldEnergy
-from ._energy import (
-    AbstractNodeEnergy as AbstractNodeEnergy,
-    Bernoulli as Bernoulli,
-    Categorical as Categorical,
-    Gaussian as Gaussian,
-)
 from ._eqprop import (
     CHL as CHL,
     ContrastiveStats as ContrastiveStats,
@@ -49,6 +43,12 @@ from ._grad import (
 from ._graph import Graph as Graph, NodeInfo as NodeInfo
 from ._latents import Observed as Observed
 from ._node import node as node
+from ._node_energy import (
+    AbstractNodeEnergy as AbstractNodeEnergy,
+    Bernoulli as Bernoulli,
+    Categorical as Categorical,
+    Gaussian as Gaussian,
+)
 from ._placement import (
     AbstractPlacement as AbstractPlacement,
     Layers as Layers,

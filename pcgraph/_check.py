@@ -3,11 +3,12 @@
 import dataclasses
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import numpy as np
 
 from ._algorithms import AbstractAlgorithm
-from ._grad import grad
+from ._grad import relax
 from ._placement import AbstractPlacement
 
 
@@ -101,6 +102,26 @@ class GradReport:
         return "\n".join(line.rstrip() for line in lines)
 
 
+def _filtered_grad(fn: Callable, args, kwargs, argnums, has_aux: bool):
+    """`jax.grad` of the floating-point arrays of the arguments at `argnums`, the other leaves
+    held fixed (`equinox.filter_grad`'s rule, which `pcgraph.relax` follows)."""
+    many = isinstance(argnums, tuple | list)
+    nums = [n % len(args) for n in (argnums if many else (argnums,))]
+    parts = [eqx.partition(args[n], eqx.is_inexact_array) for n in nums]
+
+    def on_arrays(*arrays):
+        full = list(args)
+        for n, array, (_, fixed) in zip(nums, arrays, parts, strict=True):
+            full[n] = eqx.combine(array, fixed)
+        return fn(*full, **kwargs)
+
+    grads = jax.grad(on_arrays, tuple(range(len(nums))), has_aux=has_aux)(
+        *(array for array, _ in parts)
+    )
+    grads = grads[0] if has_aux else grads
+    return grads if many else grads[0]
+
+
 def check_grad(
     fn: Callable,
     *args,
@@ -110,21 +131,23 @@ def check_grad(
     placement: AbstractPlacement | None = None,
     **kwargs,
 ) -> GradReport:
-    """Compare `pcgraph.grad(fn, argnums, algorithm=algorithm)(*args, **kwargs)` with
-    `jax.grad`, leaf by leaf (`placement`: where the value nodes go, see
-    [`pcgraph.trace`][]).
+    """Compare the gradient predictive coding reads off (`pcgraph.relax(fn, *args,
+    argnums=argnums, algorithm=algorithm, **kwargs).grads`) with `jax.grad`'s, leaf by leaf
+    (`placement`: where the value nodes go, see [`pcgraph.trace`][]).
+
+    The arguments at `argnums` may be equinox Modules or any pytrees: their floating-point
+    arrays are compared and their other leaves held fixed, as `equinox.filter_grad` does.
 
     **Returns:**
 
     A [`GradReport`][pcgraph.GradReport] with each leaf's cosine, relative error and largest
     absolute error; print it for a table, or call `.assert_close(rtol, atol)`.
     """
-    pc = grad(fn, argnums, has_aux=has_aux, algorithm=algorithm, placement=placement)(
-        *args, **kwargs
-    )
-    reference = jax.grad(fn, argnums, has_aux=has_aux)(*args, **kwargs)
-    if has_aux:
-        pc, reference = pc[0], reference[0]
+    pc = relax(
+        fn, *args, argnums=argnums, has_aux=has_aux, algorithm=algorithm, placement=placement,
+        **kwargs,
+    ).grads  # fmt: skip
+    reference = _filtered_grad(fn, args, kwargs, argnums, has_aux)
     pc_leaves = jax.tree_util.tree_leaves_with_path(pc)
     reference_leaves = jax.tree.leaves(reference)
     name = type(algorithm).__name__ if algorithm is not None else "FPA"

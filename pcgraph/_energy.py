@@ -11,128 +11,20 @@ algorithm relaxes this `F` or a linearisation of it, and every parameter reads i
 off it locally: `dF/dtheta` at fixed values involves only the predictions that `theta` makes.
 """
 
-import abc
-import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from ._graph import Graph, Predictions
+from ._graph import Graph, Predictions
+from ._node_energy import Gaussian, error_energy
 
 PyTree = Any
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
-class AbstractNodeEnergy(eqx.Module):
-    """How a value node's value is scored against its prediction: the node's term in the
-    energy, a negative log-density up to a constant. Pass one to
-    [`pcgraph.node`][]`(x, energy=...)`."""
-
-    @abc.abstractmethod
-    def __call__(self, value: jax.Array, prediction: jax.Array, precision=None) -> jax.Array:
-        """The energy term `E(value, prediction)`, a scalar summed over every entry. Use it in a
-        loss to score what the function observes with the same term, e.g.
-        `pcgraph.Gaussian(10.0)(image, mean)`. `precision` is a precision computed for the node,
-        which replaces the energy's own (pcgraph passes it for a computed precision)."""
-
-    @abc.abstractmethod
-    def mean(self, prediction: jax.Array) -> jax.Array:
-        """The node's expected value given its prediction: where its value starts, and the
-        value the plain function computes."""
-
-    def error(self, value: jax.Array, prediction: jax.Array) -> jax.Array:
-        """The prediction error `value - mean(prediction)`."""
-        return value - self.mean(prediction)
-
-    def in_support(self, value: jax.Array) -> jax.Array:
-        """Whether every entry of `value` lies where the density is defined."""
-        return jnp.asarray(True)
-
-    @property
-    def describe(self) -> str:
-        return type(self).__name__.lower()
-
-
-class Gaussian(AbstractNodeEnergy):
-    """A Gaussian node: `E = p/2 ||v - mu||^2`, with the prediction `mu` as the mean.
-
-    **Arguments:**
-
-    - `precision`: the inverse variance `p`: a positive Python number, an array broadcastable
-        to the node (one precision per unit), or a value computed from the differentiated
-        arguments, e.g. `jnp.exp(params["log_precision"])`: a *learnable* precision. With an
-        array the term is the full negative log-density up to a constant,
-        `1/2 sum p (v - mu)^2 - 1/2 sum log p`, so its local gradient
-        `1/2 (eps^2 - 1/p)` vanishes where `p` is the inverse error variance (Friston 2005;
-        Bogacz 2017). With a Python number `-1/2 log p` is a constant and is left out.
-    """
-
-    precision: float | jax.Array = 1.0
-
-    def __check_init__(self):
-        if _is_number(self.precision) and not (
-            math.isfinite(self.precision) and self.precision > 0
-        ):
-            raise ValueError(
-                f"pcgraph.Gaussian(precision={self.precision!r}): the precision must be "
-                "positive and finite, e.g. `precision=2.0`; a learnable one can be kept "
-                "positive as `jnp.exp(log_precision)`."
-            )
-
-    def __call__(self, value, prediction, precision=None):
-        errors = value - prediction
-        precision = self.precision if precision is None else precision
-        if _is_number(precision):
-            # One expression for a constant precision, so that results do not move by round-off.
-            return jnp.sum(errors**2) * (precision / 2)
-        precision = jnp.broadcast_to(precision, errors.shape)
-        return (jnp.sum(precision * errors**2) - jnp.sum(jnp.log(precision))) / 2
-
-    def mean(self, prediction):
-        return prediction
-
-
-class Bernoulli(AbstractNodeEnergy):
-    """A Bernoulli node for values in `[0, 1]`, with the prediction as logits `mu`:
-    `E = sum softplus(mu) - v mu`, the binary cross-entropy of `v` against `sigmoid(mu)`.
-    The node's value starts at `sigmoid(mu)`, which is also what `pcgraph.node` returns.
-    A relaxation that moves the value out of `[0, 1]` fails with a message saying so."""
-
-    def __call__(self, value, prediction, precision=None):
-        return jnp.sum(jax.nn.softplus(prediction) - value * prediction)
-
-    def mean(self, prediction):
-        return jax.nn.sigmoid(prediction)
-
-    def in_support(self, value):
-        return jnp.all((value >= 0) & (value <= 1))
-
-
-class Categorical(AbstractNodeEnergy):
-    """A categorical node over the last axis, with the prediction as logits `mu`:
-    `E = -sum v log softmax(mu)`, the cross-entropy of the probabilities `v` against
-    `softmax(mu)`. The node's value starts at `softmax(mu)`, which is also what `pcgraph.node`
-    returns; a relaxation that moves an entry out of `[0, 1]` fails with a message saying
-    so."""
-
-    def __call__(self, value, prediction, precision=None):
-        return -jnp.sum(value * jax.nn.log_softmax(prediction, axis=-1))
-
-    def mean(self, prediction):
-        return jax.nn.softmax(prediction, axis=-1)
-
-    def in_support(self, value):
-        return jnp.all((value >= 0) & (value <= 1))
-
-
-def node_energies(graph: "Graph", values, predictions: "Predictions") -> list[jax.Array]:
+def node_energies(graph: Graph, values, predictions: Predictions) -> list[jax.Array]:
     """Each node's term `E_i(v_i, mu_i)`."""
     return [
         energy(v, mu, p)
@@ -142,7 +34,7 @@ def node_energies(graph: "Graph", values, predictions: "Predictions") -> list[ja
     ]
 
 
-def errors(graph: "Graph", values, mus) -> list[jax.Array]:
+def errors(graph: Graph, values, mus) -> list[jax.Array]:
     """Each node's prediction error `v_i - mean(mu_i)`."""
     return [e.error(v, mu) for e, v, mu in zip(graph.energies, values, mus, strict=True)]
 
@@ -154,18 +46,7 @@ def total(terms: Sequence[jax.Array]) -> jax.Array:
     return jnp.sum(jnp.stack(list(terms))) if terms else jnp.asarray(0.0)
 
 
-def precision_value(energy: AbstractNodeEnergy, precision):
-    """A Gaussian node's precision: its Python number, or the array computed for it."""
-    return energy.precision if precision is None else precision
-
-
-def error_energy(energy: AbstractNodeEnergy, error, precision) -> jax.Array:
-    """A Gaussian node's term from its error alone (for the algorithms that hold errors
-    rather than values)."""
-    return energy(error, jnp.zeros_like(error), precision)
-
-
-def error_energies(graph: "Graph", errors, precisions) -> list[jax.Array]:
+def error_energies(graph: Graph, errors, precisions) -> list[jax.Array]:
     """Each Gaussian node's term from its error alone."""
     return [
         error_energy(energy, e, p)
@@ -184,7 +65,7 @@ class GraphEnergy(eqx.Module):
     """`F(state; params) = sum_i E_i(v_i, mu_i) + beta * loss` of one traced call, with the
     latent leaves of `state` standing in for their arguments."""
 
-    graph: "Graph" = eqx.field(static=True)
+    graph: Graph = eqx.field(static=True)
     data: list[Any]
     frozen: list[Any]
     beta: float
@@ -195,10 +76,10 @@ class GraphEnergy(eqx.Module):
             data[position] = latent
         return data
 
-    def predictions(self, state: State, params) -> "Predictions":
+    def predictions(self, state: State, params) -> Predictions:
         return self.graph.predict(state.values, params, self._data(state.latents), self.frozen)
 
-    def forward(self, errors: State, params) -> tuple[State, "Predictions"]:
+    def forward(self, errors: State, params) -> tuple[State, Predictions]:
         """The value state whose node errors are `errors.values` (its latents those of
         `errors`), and its predictions: the reparameterisation of error optimisation
         (Goemaere et al. 2025)."""
@@ -213,12 +94,12 @@ class GraphEnergy(eqx.Module):
         terms = node_energies(self.graph, state.values, predictions)
         return total(terms) + self.beta * predictions.loss
 
-    def terms(self, state: State, params) -> tuple[list[jax.Array], "Predictions"]:
+    def terms(self, state: State, params) -> tuple[list[jax.Array], Predictions]:
         """Each node's energy, and the predictions they were computed from."""
         predictions = self.predictions(state, params)
         return node_energies(self.graph, state.values, predictions), predictions
 
-    def evaluate(self, state: State, params) -> tuple[jax.Array, "Predictions"]:
+    def evaluate(self, state: State, params) -> tuple[jax.Array, Predictions]:
         """`F`, and the predictions it was computed from."""
         terms, predictions = self.terms(state, params)
         return total(terms) + self.beta * predictions.loss, predictions
@@ -283,7 +164,7 @@ class GraphEnergy(eqx.Module):
         return recorded(self.graph, saveat, terms, state.values, found)
 
 
-def recorded(graph: "Graph", saveat, terms, values, errors) -> dict[str, Any]:
+def recorded(graph: Graph, saveat, terms, values, errors) -> dict[str, Any]:
     """One step's record for `saveat`: each node's energy term, and its value and error when
     asked for, keyed by node name."""
     names = graph.node_names

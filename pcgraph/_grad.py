@@ -143,6 +143,9 @@ class _Setup(eqx.Module):
     placement: AbstractPlacement | None
     latents: Any = None
     options: Options = Options()
+    #: Differentiate only the floating-point arrays of the arguments at `argnums`, holding
+    #: their other leaves fixed (`equinox.filter_grad`'s rule), as `relax` and `train_step` do.
+    filtered: bool = False
 
 
 def _start(traced: Traced, feedforward: Feedforward, init) -> Start:
@@ -174,7 +177,7 @@ def _traced_solution(fn, args, kwargs, setup: _Setup, init):
     algorithm = setup.algorithm
     traced = trace_flat(
         fn, args, setup.argnums, setup.has_aux, algorithm.lifts_scans, setup.placement, kwargs,
-        setup.latents,
+        setup.latents, setup.filtered,
     )  # fmt: skip
     graph = traced.graph
     feedforward = graph.feedforward(traced.params, traced.data)
@@ -255,7 +258,10 @@ def relax(
 
     **Arguments:**
 
-    - `fn`, `*args`, `argnums`, `has_aux`: as for `jax.grad(fn, argnums, has_aux)(*args)`.
+    - `fn`, `*args`, `argnums`, `has_aux`: as for `jax.grad(fn, argnums, has_aux)(*args)`,
+        except that an argument at `argnums` may be an equinox Module or any pytree: its
+        floating-point arrays are differentiated and its other leaves held fixed, as
+        `equinox.filter_grad` does (`Solution.grads` holds None at those).
     - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`, which is exact,
         and to [`pcgraph.IL`][]`()` with `latents`.
     - `placement`: where the value nodes go (see [`pcgraph.trace`][]).
@@ -279,7 +285,13 @@ def relax(
     algorithm = _check_algorithm(algorithm, latents)
     placement = check_placement(placement)
     setup = _Setup(
-        _as_static(argnums), has_aux, algorithm, placement, latents, Options(save_energy, saveat)
+        _as_static(argnums),
+        has_aux,
+        algorithm,
+        placement,
+        latents,
+        Options(save_energy, saveat),
+        filtered=True,
     )
     if isinstance(init, Solution):
         if init.latents is not None and latents is not None:
@@ -435,7 +447,10 @@ def _train_impl(fn, optimizer, params, opt_state, args, kwargs, setup: _Setup):
         input_check=_check_inputs(traced, feedforward, setup.algorithm),
         latents=None if setup.latents is None else traced.unflatten_latents(equilibrium.latents),
     )
-    return traced.unflatten_grads(new_params), opt_state, info
+    # The updated floating-point arrays, with the leaves held fixed (an equinox Module's
+    # functions and flags) put back.
+    fixed = eqx.filter(params, eqx.is_inexact_array, inverse=True)
+    return eqx.combine(traced.unflatten_grads(new_params), fixed), opt_state, info
 
 
 # The function (as a pytree) and the setup are the same objects at every step of a loop.
@@ -468,7 +483,12 @@ def train_step(
     **Arguments:**
 
     - `fn`: a pure JAX function `fn(params, *args)` returning a scalar loss (or `(loss, aux)`).
-    - `optimizer`: an `optax.GradientTransformation`; its state is `optimizer.init(params)`.
+        `params` may be an equinox Module or any pytree: its floating-point arrays are
+        trained and its other leaves (functions, integer arrays, flags) held fixed, as
+        `equinox.filter_grad` does.
+    - `optimizer`: an `optax.GradientTransformation`; its state is
+        `optimizer.init(eqx.filter(params, eqx.is_array))` (for a pytree of arrays, just
+        `optimizer.init(params)`).
     - `has_aux`: whether `fn` returns `(loss, aux)`.
     - `algorithm`: a `pcgraph` algorithm; defaults to [`pcgraph.FPA`][]`()`.
     - `placement`: where the value nodes go (see [`pcgraph.trace`][]).
@@ -509,7 +529,8 @@ def train_step(
 
     train = _train_donated if donate else _train
 
-    @functools.wraps(fn)
+    # Not `functools.wraps(fn)`: `step` has its own signature, which `inspect.signature` (and so
+    # `equinox.filter_jit` around the step) would otherwise take from `fn`.
     def step(params, opt_state, *args, **kwargs):
         try:
             params, opt_state, info = train(

@@ -1,51 +1,20 @@
 """The graph of a traced function: its value nodes with their parents, energies and distances
 to the loss, and the two passes over it: the feedforward pass and the prediction pass."""
 
-import dataclasses
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from . import _jax_adapter as adapter, _render
-from ._energy import AbstractNodeEnergy, Gaussian
+from ._equations import Builder, Eqn
+from ._node_energy import AbstractNodeEnergy, Gaussian
 from ._placement import AbstractPlacement, Layers, Marks, Primitives, layer_nodes
+from ._render import NodeInfo
 from ._scan import _DEFAULT_ENERGY, _lift_scan, _ScanEqn
 from ._segments import _live_eqns, _segments
-
-if TYPE_CHECKING:
-    from ._trace import _Builder
-
-
-class NodeInfo(NamedTuple):
-    """What `Graph.summary()` shows about one value node. `iterations` is the length of the
-    leading iteration axis of a node stacked over a lifted `lax.scan`, and None otherwise.
-    `precision` is a Gaussian node's constant precision, NaN when it is an array or computed,
-    and NaN for the other energies."""
-
-    name: str
-    op: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    precision: float
-    parents: tuple[str, ...]
-    distance: int
-    final_step: int
-    iterations: int | None = None
-    #: The node's term in the energy (a `pcgraph.Gaussian`, `Bernoulli` or `Categorical`).
-    energy: Any = None
-    #: Whether the precision is an array computed at each call (`precision` is then NaN).
-    computed_precision: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class _Eqn:
-    primitive: adapter.Primitive
-    params: dict[str, Any]
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
 
 
 class Feedforward(NamedTuple):
@@ -107,7 +76,7 @@ class Graph:
 
     def __init__(
         self,
-        builder: "_Builder",
+        builder: Builder,
         param_ids: tuple[int, ...],
         data_ids: tuple[int, ...],
         loss_id: int,
@@ -161,7 +130,7 @@ class Graph:
 
     def _is_marker(self, eqn) -> bool:
         return (
-            isinstance(eqn, _Eqn)
+            isinstance(eqn, Eqn)
             and adapter.is_node_marker(eqn.primitive)
             and eqn.outputs[0] != self._loss_id
         )
@@ -220,7 +189,7 @@ class Graph:
             relevant = self._relevant()
         self._pass_eqns = [e for e in self._eqns if relevant.intersection(e.outputs)]
         for eqn in self._pass_eqns:
-            if isinstance(eqn, _Eqn) and eqn.primitive in adapter.NOT_REVERSE_DIFFERENTIABLE:
+            if isinstance(eqn, Eqn) and eqn.primitive in adapter.NOT_REVERSE_DIFFERENTIABLE:
                 raise ValueError(
                     f"The path from the differentiated arguments to the loss goes through "
                     f"`{adapter.primitive_name(eqn.primitive)}` (a lax.while_loop, whose trip "
@@ -560,7 +529,9 @@ class Graph:
         loss (shortest path) and the step after which the node's error is final (longest).
         A node stacked over the iterations of a lifted scan shows its shape as
         `iterations x dtype[slice shape]`."""
-        return _render.summary(self)
+        return _render.summary(
+            self.nodes, self._loss_parents, self.depth, len(self._param_ids), self.placement.name
+        )
 
     def __repr__(self) -> str:
         return self.summary()
@@ -591,7 +562,14 @@ class Graph:
 
         The DOT source. Draw it with [`pcgraph.Graph.render`][] or any Graphviz tool.
         """
-        return _render.to_dot(self, errors, colour_by=colour_by, label=label)
+        return _render.to_dot(
+            self.nodes,
+            self.param_names,
+            self._loss_parents,
+            errors,
+            colour_by=colour_by,
+            label=label,
+        )
 
     def render(
         self,

@@ -1,8 +1,8 @@
 import jax
 import jax.numpy as jnp
 
-from ._energy import AbstractNodeEnergy, Gaussian, _is_number
 from ._jax_adapter import node_p
+from ._node_energy import AbstractNodeEnergy, Gaussian, _is_number
 
 
 def _check_precision(precision, shape, where: str):

@@ -7,14 +7,33 @@ import pathlib
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._energy import Gaussian
+from ._node_energy import Gaussian
 
-if TYPE_CHECKING:
-    from ._graph import Graph, NodeInfo
+
+class NodeInfo(NamedTuple):
+    """What `Graph.summary()` shows about one value node. `iterations` is the length of the
+    leading iteration axis of a node stacked over a lifted `lax.scan`, and None otherwise.
+    `precision` is a Gaussian node's constant precision, NaN when it is an array or computed,
+    and NaN for the other energies."""
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    precision: float
+    parents: tuple[str, ...]
+    distance: int
+    final_step: int
+    iterations: int | None = None
+    #: The node's term in the energy (a `pcgraph.Gaussian`, `Bernoulli` or `Categorical`).
+    energy: Any = None
+    #: Whether the precision is an array computed at each call (`precision` is then NaN).
+    computed_precision: bool = False
+
 
 # A sequential palette from pale yellow (small error) to dark red (large error). Each stop is
 # darker than the one before, so the fill darkens monotonically with the error.
@@ -106,10 +125,16 @@ def text_colour(fill: str) -> str:
     return "black" if luminance(fill) > 0.45 else "white"
 
 
-def summary(graph: "Graph") -> str:
+def summary(
+    nodes: Sequence[NodeInfo],
+    loss_parents: Sequence[str],
+    depth: int,
+    num_params: int,
+    placement: str,
+) -> str:
     """The table `Graph.summary()` shows: one row per value node, then the loss."""
     rows = [("#", "name", "op", "shape", "precision", "dist", "final", "parents")]
-    for k, info in enumerate(graph.nodes):
+    for k, info in enumerate(nodes):
         shape = f"{info.dtype.name}{list(info.shape)}"
         if info.iterations is not None:
             shape = f"{info.iterations} x {info.dtype.name}{list(info.shape[1:])}"
@@ -125,14 +150,13 @@ def summary(graph: "Graph") -> str:
                 ", ".join(info.parents),
             )
         )
-    rows.append(("", "loss", "", "", "", "0", "0", ", ".join(graph._loss_parents)))
+    rows.append(("", "loss", "", "", "", "0", "0", ", ".join(loss_parents)))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
-    stacked = sum(info.iterations is not None for info in graph.nodes)
+    stacked = sum(info.iterations is not None for info in nodes)
     lines = [
-        f"Graph: {len(graph.nodes)} value nodes"
+        f"Graph: {len(nodes)} value nodes"
         + (f" ({stacked} stacked over scan iterations)" if stacked else "")
-        + f", depth {graph.depth}, {len(graph._param_ids)} parameter leaves, "
-        + f"placement: {graph.placement.name}"
+        + f", depth {depth}, {num_params} parameter leaves, placement: {placement}"
     ]
     for row in rows:
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=False)]
@@ -140,14 +164,16 @@ def summary(graph: "Graph") -> str:
     return "\n".join(lines)
 
 
-def _precision_cell(info: "NodeInfo") -> str:
+def _precision_cell(info: NodeInfo) -> str:
     if not isinstance(info.energy, Gaussian):
         return info.energy.describe
     return "computed" if info.computed_precision else f"{info.precision:g}"
 
 
 def to_dot(
-    graph: "Graph",
+    nodes: Sequence[NodeInfo],
+    param_names: Sequence[str],
+    loss_parents: Sequence[str],
     errors: dict[str, Any] | None = None,
     *,
     colour_by: dict[str, Any] | None = None,
@@ -166,15 +192,15 @@ def to_dot(
     colour_by = errors if colour_by is None else colour_by
     magnitudes, colours = {}, {}
     if colour_by is not None:
-        magnitudes = error_magnitudes(colour_by, graph.node_names)
+        magnitudes = error_magnitudes(colour_by, [info.name for info in nodes])
         colours, low, high = colour_scale(magnitudes)
         what = "error norm ||eps||" if errors is not None else f"norm of {label}"
         caption = f"node colour: {what}, log scale from {low:.2g} (pale) to {high:.2g} (dark)"
         lines.append(f"  label={quoted(caption)}; labelloc=b; fontname=Helvetica;")
-    for name in graph.param_names:
+    for name in param_names:
         lines.append(f"  {quoted(name)} [shape=box, style=filled, fillcolor=lightgrey];")
     label_name = "|eps|" if errors is not None else label
-    for info in graph.nodes:
+    for info in nodes:
         text = f"{info.name}\n{list(info.shape)}\nd={info.distance}"
         style = ""
         if info.name in colours:
@@ -184,9 +210,9 @@ def to_dot(
             style = f', style=filled, fillcolor="{fill}", fontcolor={font}'
         lines.append(f"  {quoted(info.name)} [shape=ellipse, label={quoted(text)}{style}];")
     lines.append('  "loss" [shape=doublecircle];')
-    for info in graph.nodes:
+    for info in nodes:
         lines.extend(f"  {quoted(p)} -> {quoted(info.name)};" for p in info.parents)
-    lines.extend(f'  {quoted(p)} -> "loss";' for p in graph._loss_parents)
+    lines.extend(f'  {quoted(p)} -> "loss";' for p in loss_parents)
     lines.append("}")
     return "\n".join(lines)
 

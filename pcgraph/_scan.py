@@ -8,17 +8,14 @@ the body evaluated for all iterations at once, so the program does not grow with
 import dataclasses
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from . import _jax_adapter as adapter
-from ._energy import Gaussian
-
-if TYPE_CHECKING:
-    from ._graph import _Eqn
-
+from ._equations import Eqn
+from ._node_energy import Gaussian
 
 #: The energy of a node without a mark's own: Gaussian with precision 1.
 _DEFAULT_ENERGY = Gaussian(1.0)
@@ -178,7 +175,7 @@ class _ScanEqn:
         return [*outs[:nc], *ys, *(s[last] for s in stacked)]
 
 
-def _lift_scan(eqn: "_Eqn", avals: list[Any], marker_mode: bool) -> _ScanEqn:
+def _lift_scan(eqn: Eqn, avals: list[Any], marker_mode: bool) -> _ScanEqn:
     """Replace a scan equation by its lifted form, adding one stacked variable per carry."""
     scan = adapter.scan_params(eqn.params)
     jaxpr = adapter.jaxpr_of(scan.body)

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from . import _jax_adapter as adapter
-from ._energy import precision_value
 from ._graph import Graph
+from ._node_energy import precision_value
 
 
 class Level(NamedTuple):

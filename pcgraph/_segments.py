@@ -6,15 +6,13 @@ network of alike layers is traced, linearised and transposed once per kind of la
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 
 from . import _jax_adapter as adapter
+from ._equations import Eqn
 from ._scan import _ScanEqn
-
-if TYPE_CHECKING:
-    from ._graph import _Eqn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +32,7 @@ class _Segment:
     returned: tuple[int, ...]
 
     @classmethod
-    def of(cls, eqns: Sequence["_Eqn"], outputs: Sequence[int]) -> "_Segment":
+    def of(cls, eqns: Sequence[Eqn], outputs: Sequence[int]) -> "_Segment":
         defined = {var for eqn in eqns for var in eqn.outputs}
         inputs = tuple(dict.fromkeys(i for eqn in eqns for i in eqn.inputs if i not in defined))
         position = {var: p for p, var in enumerate(inputs)}
@@ -86,7 +84,7 @@ def _segments(eqns, ends: set[int], needed: set[int]) -> list[Any]:
     `ends`; `_ScanEqn`s stay on their own. A segment returns its outputs in `ends` and those
     that later eqns read, or that are in `needed`."""
     groups: list[Any] = []
-    current: list[_Eqn] = []
+    current: list[Eqn] = []
     for eqn in eqns:
         if isinstance(eqn, _ScanEqn):
             groups.extend([current, eqn] if current else [eqn])
@@ -114,7 +112,7 @@ def _segments(eqns, ends: set[int], needed: set[int]) -> list[Any]:
     return segments[::-1]
 
 
-def _live_eqns(eqns: Sequence["_Eqn"], outputs: Sequence[int]) -> list["_Eqn"]:
+def _live_eqns(eqns: Sequence[Eqn], outputs: Sequence[int]) -> list[Eqn]:
     needed = set(outputs)
     live = []
     for eqn in reversed(eqns):

@@ -11,63 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_adapter as adapter, _latents
-from ._graph import Graph, _Eqn
+from ._equations import Builder
+from ._graph import Graph
 from ._placement import AbstractPlacement, check_placement
-
-
-class _Builder:
-    """Flattens a jaxpr into `_Eqn`s over integer variable ids, inlining nested calls."""
-
-    def __init__(self):
-        self.avals: list[Any] = []
-        self.constants: dict[int, Any] = {}
-        self.eqns: list[_Eqn] = []
-
-    def new_var(self, aval) -> int:
-        self.avals.append(aval)
-        return len(self.avals) - 1
-
-    def constant(self, value, aval) -> int:
-        var = self.new_var(aval)
-        self.constants[var] = value
-        return var
-
-    def inline(self, jaxpr: adapter.Jaxpr, consts: Sequence[Any], inputs: Sequence[int]):
-        env: dict[Any, int] = {}
-        for var, value in zip(adapter.jaxpr_constants(jaxpr), consts, strict=True):
-            env[var] = self.constant(value, adapter.aval_of(var))
-        env.update(zip(adapter.jaxpr_inputs(jaxpr), inputs, strict=True))
-
-        def read(atom) -> int:
-            if adapter.is_literal(atom):
-                return self.constant(adapter.literal_value(atom), adapter.aval_of(atom))
-            return env[atom]
-
-        for eqn in adapter.jaxpr_eqns(jaxpr):
-            ins = [read(atom) for atom in adapter.eqn_inputs(eqn)]
-            body = adapter.inline_body(eqn)
-            if body is not None:
-                outs = self.inline(*body, ins)
-            else:
-                if adapter.has_side_effects(eqn):
-                    name = adapter.primitive_name(adapter.eqn_primitive(eqn))
-                    raise ValueError(
-                        f"pcgraph cannot trace a function with side effects: found `{name}`. "
-                        "Predictive coding re-evaluates the function's predictions many times "
-                        "during relaxation, so a callback, print or other effect would run an "
-                        "unpredictable number of times. Move it out of the function you pass to "
-                        "pcgraph (for example, print the returned aux values instead); "
-                        "`jax.pure_callback` and runtime checks such as `equinox.error_if` are "
-                        "allowed."
-                    )
-                outs = [self.new_var(adapter.aval_of(var)) for var in adapter.eqn_outputs(eqn)]
-                # A runtime check is recorded as such: it runs on the feedforward pass only.
-                primitive, params = adapter.recorded(eqn)
-                self.eqns.append(_Eqn(primitive, params, tuple(ins), tuple(outs)))
-            for var, out in zip(adapter.eqn_outputs(eqn), outs, strict=True):
-                if not adapter.is_drop_var(var):
-                    env[var] = out
-        return [read(atom) for atom in adapter.jaxpr_outputs(jaxpr)]
 
 
 class Traced(NamedTuple):
@@ -114,8 +60,12 @@ def _check_param_leaf(path, leaf, argnum: int):
     if isinstance(leaf, bool) or not eqx.is_array_like(leaf):
         raise TypeError(
             f"pcgraph can only differentiate arrays, but {where} is a "
-            f"{type(leaf).__name__}. Move it out of the differentiated arguments (argnums), or "
-            "close over it."
+            f"{type(leaf).__name__}. For an equinox Module (or any pytree holding functions or "
+            "other non-array leaves) use `pcgraph.filter_grad` / `pcgraph.filter_value_and_grad`"
+            ", which differentiate its floating-point arrays and hold everything else fixed, as "
+            "`equinox.filter_grad` does (`pcgraph.relax`, `trace`, `check_grad` and "
+            "`train_step` do so themselves); or move it out of the differentiated arguments "
+            "(argnums), or close over it."
         )
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -124,6 +74,27 @@ def _check_param_leaf(path, leaf, argnum: int):
             f"{dtype}. Convert it (e.g. `x.astype(jnp.float32)`) or move it out of the "
             "differentiated arguments (argnums); jax.grad refuses it too."
         )
+
+
+def _hold_fixed(fn: Callable, args: list, nums: tuple[int, ...]) -> tuple[Callable, list]:
+    """`equinox.filter_grad`'s rule for the differentiated arguments: their floating-point
+    arrays are differentiated, every other leaf (functions, integer arrays, Python numbers and
+    flags) is held fixed. The fixed parts are passed to `fn` as trailing data arguments and
+    put back in place before it runs."""
+    args = list(args)
+    fixed = []
+    for n in nums:
+        args[n], rest = eqx.partition(args[n], eqx.is_inexact_array)
+        fixed.append(rest)
+    count = len(args)
+
+    def with_fixed(*all_args, **kwargs):
+        rebuilt = list(all_args[:count])
+        for n, rest in zip(nums, all_args[count:], strict=True):
+            rebuilt[n] = eqx.combine(rebuilt[n], rest)
+        return fn(*rebuilt, **kwargs)
+
+    return with_fixed, [*args, *fixed]
 
 
 def trace_flat(
@@ -135,15 +106,20 @@ def trace_flat(
     placement: AbstractPlacement | None = None,
     kwargs: dict[str, Any] | None = None,
     latents=None,
+    filtered: bool = False,
 ) -> Traced:
     """Trace `fn(*args, **kwargs)` with the leaves of `args[argnums]` as differentiated
     inputs (keyword arguments are data, as under `jax.grad`) and those of `args[latents]` as
-    latents; with `lift_scans=False` every scan stays one opaque node."""
+    latents; with `lift_scans=False` every scan stays one opaque node. With `filtered`, only
+    the floating-point arrays of `args[argnums]` are differentiated and the rest is held
+    fixed (`equinox.filter_grad`'s rule); the gradients then hold None at the fixed leaves."""
     nums = _normalise_positions("argnums", argnums, len(args))
     latent_nums = () if latents is None else _normalise_positions("latents", latents, len(args))
     _latents.check_not_differentiated(latents, latent_nums, nums)
     args = list(args)
     masks = _latents.unwrap(args, latent_nums)
+    if filtered:
+        fn, args = _hold_fixed(fn, args, nums)
     many = isinstance(argnums, tuple | list)
     diff_args = [args[n] for n in nums]
     param_paths, param_leaves = [], []
@@ -195,7 +171,7 @@ def trace_flat(
         return [out, *aux_leaves]
 
     jaxpr, consts = adapter.make_jaxpr(flat_fn, [*param_leaves, *data_leaves])
-    builder = _Builder()
+    builder = Builder()
     inputs = [builder.new_var(adapter.aval_of(var)) for var in adapter.jaxpr_inputs(jaxpr)]
     outputs = builder.inline(jaxpr, consts, inputs)
     graph = Graph(
@@ -279,10 +255,12 @@ def trace(
 ) -> Graph:
     """Trace `fn(*args, **kwargs)` into a predictive-coding [`Graph`][pcgraph.Graph].
 
-    The leaves of the arguments at `argnums` are the parameters (differentiated inputs); every
-    other array argument is data, and arrays the function closes over are constants, exactly
-    as under `jax.grad`. Nested `jax.jit` calls are inlined; `custom_jvp`/`custom_vjp`
-    functions and `cond` stay whole as single nodes.
+    The floating-point arrays of the arguments at `argnums` are the parameters
+    (differentiated inputs); their other leaves (the functions, integer arrays and flags of an
+    equinox Module) are held fixed, as `equinox.filter_grad` does, so a model is passed as it
+    is. Every other array argument is data, and arrays the function closes over are
+    constants, exactly as under `jax.grad`. Nested `jax.jit` calls are inlined;
+    `custom_jvp`/`custom_vjp` functions and `cond` stay whole as single nodes.
 
     A `lax.scan` on the path from the parameters to the loss is lifted: each carry becomes one
     node stacked over the iterations (a leading axis of the scan's length, one slice per
@@ -315,4 +293,7 @@ def trace(
     The `Graph`; print it (or call `.summary()`) to see its nodes.
     """
     placement = check_placement(placement)
-    return trace_flat(fn, args, argnums, has_aux, lift_scans, placement, kwargs, latents).graph
+    traced = trace_flat(
+        fn, args, argnums, has_aux, lift_scans, placement, kwargs, latents, filtered=True
+    )
+    return traced.graph

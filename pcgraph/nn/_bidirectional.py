@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from .._algorithms import IL
-from .._energy import Gaussian
 from .._grad import relax
 from .._latents import Observed
 from .._node import node
+from .._node_energy import Gaussian
 
 
 def _check_precision(name: str, value) -> float:
