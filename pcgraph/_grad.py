@@ -77,6 +77,13 @@ def _check_inputs(
         for x, m in checked
         if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
     ]
+    # A node's non-finite entries are blamed only when they reach the loss: a buffer that a
+    # loop fills with inf as "not written yet", or masked-out entries, leave it finite.
+    loss_bad = checked[-1][0]
+    checked = [
+        (bad & loss_bad if m.startswith("The feedforward value of node") else bad, m)
+        for bad, m in checked
+    ]
     checked += [
         (
             ~jnp.all(jnp.isfinite(p) & (p > 0)),

@@ -125,7 +125,21 @@ class Graph:
                 reaches_loss.intersection(eqn.outputs)
                 and eqn.primitive not in adapter.STOP_GRADIENT
             ):
-                reaches_loss.update(i for i in eqn.inputs if i in active)
+                # Only the inputs the reaching outputs depend on: not an operand overwritten
+                # entirely (a buffer a loop fills with inf as "not written yet"), nor what a
+                # runtime check passes through to an output the loss does not read.
+                live = adapter.reaching_inputs(
+                    eqn.primitive,
+                    eqn.params,
+                    [self._avals[i].shape for i in eqn.inputs],
+                    [self._constants.get(i) for i in eqn.inputs],
+                    [o in reaches_loss for o in eqn.outputs],
+                )
+                reaches_loss.update(
+                    i
+                    for k, i in enumerate(eqn.inputs)
+                    if i in active and (live is None or k in live)
+                )
         return active & reaches_loss
 
     def _is_marker(self, eqn) -> bool:

@@ -184,6 +184,51 @@ POOLING = frozenset(
 #: Outputs carry no gradient.
 STOP_GRADIENT = frozenset({jex_prims.stop_gradient_p})
 
+
+def _jaxpr_reaching_inputs(jaxpr: Jaxpr, reaching: Sequence[bool]) -> set[int]:
+    """The input positions of `jaxpr` that its outputs flagged in `reaching` are computed
+    from."""
+    needed = {a for a, on in zip(jaxpr.outvars, reaching, strict=True) if on and not is_literal(a)}
+    for eqn in reversed(jaxpr.eqns):
+        if needed.intersection(eqn.outvars):
+            needed.update(a for a in eqn.invars if not is_literal(a))
+    return {p for p, var in enumerate(jaxpr.invars) if var in needed}
+
+
+def reaching_inputs(
+    primitive: Primitive,
+    params: dict[str, Any],
+    shapes: Sequence[tuple[int, ...]],
+    constants: Sequence[Any],
+    reaching: Sequence[bool],
+) -> set[int] | None:
+    """The positions of the inputs whose values the outputs flagged in `reaching` depend on,
+    where that is fewer than all of them; None for all. `constants` holds each input's value
+    where it is a constant, else None.
+
+    A runtime check passes each output's own input through (its predicate is boolean). A
+    `dynamic_update_slice` whose update is as large as the operand overwrites the operand
+    entirely: how diffrax and optimistix write a buffer that starts filled with inf ("not
+    written yet"). A `cond` whose branch index is a constant runs that branch alone, and a
+    call whose body returns inputs unchanged passes each through."""
+    if primitive is check_p:
+        return {p for p, on in zip(params["passthrough"], reaching, strict=True) if on}
+    if primitive is jex_prims.dynamic_update_slice_p and shapes[0] == shapes[1]:
+        return set(range(1, len(shapes)))
+    key = _CHECK_BODY_PARAM.get(primitive)
+    if key is not None:
+        # A call whose body only selects among its inputs (equinox wraps a loop's final state
+        # so): each output is the input it selects.
+        body = params[key]
+        positions = _identity_positions(body.jaxpr if isinstance(body, ClosedJaxpr) else body)
+        if positions is not None:
+            return {p for p, on in zip(positions, reaching, strict=True) if on}
+    if primitive is jex_prims.cond_p and constants and constants[0] is not None:
+        branches = params["branches"]
+        index = min(max(int(constants[0]), 0), len(branches) - 1)
+        return {1 + p for p in _jaxpr_reaching_inputs(jaxpr_of(branches[index]), reaching)}
+    return None
+
 #: Loops that reverse-mode differentiation cannot handle (data-dependent trip count).
 NOT_REVERSE_DIFFERENTIABLE = frozenset({jex_prims.while_p})
 
