@@ -41,12 +41,13 @@ class _InputCheck(eqx.Module):
 
 
 def _check_inputs(
-    traced: Traced, feedforward: Feedforward, algorithm: AbstractAlgorithm
+    traced: Traced, feedforward: Feedforward, algorithm: AbstractAlgorithm, init=None
 ) -> _InputCheck | None:
-    """Find the first non-finite input, then node, then loss: reported before the relaxation
-    is blamed for a NaN that was there from the start. Not computed for an algorithm that does
-    not raise (`throw=False`): nothing would read it, and its reductions over every input and
-    node value are several dozen small kernels per call."""
+    """Find the first non-finite input, then warm-start value (`init`), then node, then loss:
+    reported before the relaxation is blamed for a NaN that was there from the start. Not
+    computed for an algorithm that does not raise (`throw=False`): nothing would read it, and
+    its reductions over every input and node value are several dozen small kernels per
+    call."""
     if not algorithm.throw:
         return None
     graph = traced.graph
@@ -61,6 +62,13 @@ def _check_inputs(
             (leaf, f"The input {name} holds NaN or Inf. Clean the data (e.g. "
              "`jnp.nan_to_num`) or mask the bad entries before calling pcgraph.")
             for name, leaf in zip(traced.data_names, traced.data, strict=True)
+        ),
+        *(
+            (init[name], f"The warm start init[{name!r}] holds NaN or Inf, so the relaxation "
+             "would start from it. Pass the values of a relaxation that succeeded, or drop "
+             "`init=` to start from the feedforward pass.")
+            for name in graph.node_names
+            if init and name in init
         ),
         *(
             (value, f"The feedforward value of node `{name}` is NaN or Inf although every "
@@ -208,7 +216,7 @@ def _solve_jit(fn, args, kwargs, setup: _Setup, init) -> Solution:
         values=dict(zip(names, equilibrium.values, strict=True)),
         errors=dict(zip(names, equilibrium.errors, strict=True)),
         stats=equilibrium.stats,
-        input_check=_check_inputs(traced, feedforward, setup.algorithm),
+        input_check=_check_inputs(traced, feedforward, setup.algorithm, init),
         latents=None if setup.latents is None else traced.unflatten_latents(equilibrium.latents),
     )
 

@@ -10,9 +10,16 @@ def _check_precision(precision, shape, where: str):
     non-finite value when it is known (a computed one is checked at the feedforward pass)."""
     if _is_number(precision):
         return  # checked by Gaussian itself
-    if isinstance(precision, bool) or not hasattr(jnp.asarray(precision), "dtype"):
-        raise TypeError(f"{where}: the precision must be a number or an array.")
-    precision = jnp.asarray(precision)
+    try:
+        array = None if isinstance(precision, bool) else jnp.asarray(precision)
+    except TypeError:  # a string, an object
+        array = None
+    if array is None:
+        raise TypeError(
+            f"{where}: the precision must be a number or an array, not "
+            f"{type(precision).__name__}."
+        )
+    precision = array
     if not jnp.issubdtype(precision.dtype, jnp.floating):
         raise TypeError(
             f"{where}: the precision has dtype {precision.dtype}; give a floating array, e.g. "
@@ -67,7 +74,8 @@ def node(
     - `x`: an array, or a pytree of arrays (each leaf becomes its own node).
     - `name`: a label shown by `Graph.summary()` and used as the key of `Solution.errors`.
         Repeated names get a numeric suffix.
-    - `precision`: shorthand for `energy=pcgraph.Gaussian(precision)`.
+    - `precision`: shorthand for `energy=pcgraph.Gaussian(precision)`: a positive number, an
+        array of them (one per unit) or one computed from the differentiated arguments.
     - `energy`: the node's term in the energy: [`pcgraph.Gaussian`][] (the default, precision
         1), [`pcgraph.Bernoulli`][] or [`pcgraph.Categorical`][]. A Gaussian precision may be
         an array (one per unit) or computed from the differentiated arguments (learned).
@@ -92,13 +100,9 @@ def node(
             "`energy=pcgraph.Gaussian(precision=p)`."
         )
     if energy is None:
-        if precision is not None and not _is_number(precision):
-            raise ValueError(
-                f"pcgraph.node(precision={precision!r}): `precision=` takes a positive Python "
-                "number; for an array or a learnable precision pass "
-                "`energy=pcgraph.Gaussian(precision=...)`."
-            )
-        energy = Gaussian(1.0 if precision is None else float(precision))
+        # A number, an array (one per unit) or a computed (learned) precision, as for
+        # `pcgraph.Gaussian`; refused there, or by `_check_precision`, with the value's shape.
+        energy = Gaussian(1.0 if precision is None else precision)
     if not isinstance(energy, AbstractNodeEnergy):
         hint = (
             f"pass an instance, e.g. `energy=pcgraph.{energy.__name__}()`"

@@ -28,13 +28,15 @@ class RESULTS(eqx.Enumeration):
         "Lower the stepper's `step_size` (Euler is stable below 2 / the largest curvature of "
         "the energy), or check the loss for overflow. A graph with a node per primitive "
         "(`placement=pcgraph.Primitives()`) is much stiffer than the default one node per "
-        "layer."
+        "layer; on such a deep per-primitive graph error optimisation (`pcgraph.EPC()`) also "
+        "avoids the decay of the loss's signal with depth."
     )
     energy_increased = (
         "The energy rose above `max_energy_increase` times its initial magnitude, so the "
         "relaxation is diverging. Lower the stepper's `step_size`; a graph with a node per "
         "primitive (`placement=pcgraph.Primitives()`) needs far smaller steps than the "
-        "default one node per layer."
+        "default one node per layer, and error optimisation (`pcgraph.EPC()`) avoids the "
+        "decay of the loss's signal through such a deep graph."
     )
     outside_support = (
         "A Bernoulli or categorical node's value left [0, 1], where its energy is no longer a "
@@ -75,7 +77,16 @@ class SaveAt(eqx.Module):
             )
 
     def resolve(self, max_steps: int) -> tuple[int, ...]:
-        return tuple(range(max_steps + 1)) if self.steps is None else self.steps
+        if self.steps is None:
+            return tuple(range(max_steps + 1))
+        beyond = [k for k in self.steps if k > max_steps]
+        if beyond:
+            raise ValueError(
+                f"SaveAt(steps={self.steps!r}) asks for step {beyond[0]}, beyond the "
+                f"relaxation's max_steps={max_steps}, which it never reaches. Drop it, or "
+                f"raise the algorithm's `max_steps` to at least {max(beyond)}."
+            )
+        return self.steps
 
 
 class NodeTrajectory(eqx.Module):
