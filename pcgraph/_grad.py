@@ -1,6 +1,8 @@
 """The drop-in entry points: `grad`, `value_and_grad` and `relax`."""
 
+import dataclasses
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -188,6 +190,26 @@ def _start(traced: Traced, feedforward: Feedforward, init) -> Start:
     return Start(State(values, latents), traced.latent_masks, warm=bool(init))
 
 
+def _warn_no_nodes(graph, fn):
+    """A graph without value nodes has nothing to relax: every algorithm returns backprop's
+    gradient. Warned once per compilation (when the function is traced)."""
+    name = getattr(fn, "name", None) or getattr(fn, "__name__", None) or "the function"
+    warnings.warn(
+        f"The graph of `{name}` has no value nodes (placement=pcgraph."
+        f"{type(graph.placement).__name__}()), so every algorithm returns backprop's gradient: "
+        "there is nothing to relax. To get nodes, mark hidden values with `pcgraph.node(...)` "
+        "(placement=pcgraph.Marks()), let pcgraph put one after every hidden layer "
+        "(placement=pcgraph.Layers(); a model with a single layer has none, its layer folds "
+        "into the loss) or one at every primitive (placement=pcgraph.Primitives()). "
+        "Complex-valued intermediates are never nodes.",
+        stacklevel=2,
+    )
+
+
+def _with_node_count(stats: RelaxationStats, graph) -> RelaxationStats:
+    return dataclasses.replace(stats, num_nodes=len(graph.nodes))
+
+
 def _traced_solution(fn, args, kwargs, setup: _Setup, init):
     algorithm = setup.algorithm
     traced = trace_flat(
@@ -195,6 +217,8 @@ def _traced_solution(fn, args, kwargs, setup: _Setup, init):
         setup.latents, setup.filtered,
     )  # fmt: skip
     graph = traced.graph
+    if not graph.nodes and not graph.latent_positions:
+        _warn_no_nodes(graph, fn)
     feedforward = graph.feedforward(traced.params, traced.data)
     start = _start(traced, feedforward, init)
     algorithm.check_supported(graph, start, setup.options)
@@ -215,7 +239,7 @@ def _solve_jit(fn, args, kwargs, setup: _Setup, init) -> Solution:
         grads=traced.unflatten_grads(equilibrium.grads),
         values=dict(zip(names, equilibrium.values, strict=True)),
         errors=dict(zip(names, equilibrium.errors, strict=True)),
-        stats=equilibrium.stats,
+        stats=_with_node_count(equilibrium.stats, graph),
         input_check=_check_inputs(traced, feedforward, setup.algorithm, init),
         latents=None if setup.latents is None else traced.unflatten_latents(equilibrium.latents),
     )
@@ -458,7 +482,7 @@ def _train_impl(fn, optimizer, params, opt_state, args, kwargs, setup: _Setup):
     info = TrainInfo(
         loss=feedforward.loss,
         aux=traced.unflatten_aux(feedforward.aux) if setup.has_aux else None,
-        stats=equilibrium.stats,
+        stats=_with_node_count(equilibrium.stats, traced.graph),
         input_check=_check_inputs(traced, feedforward, setup.algorithm),
         latents=None if setup.latents is None else traced.unflatten_latents(equilibrium.latents),
     )

@@ -125,6 +125,8 @@ class RelaxationStats(eqx.Module):
         last (length `max_steps + 1`, NaN past `num_steps`); otherwise None.
     - `nodes`: with `saveat=pcgraph.SaveAt(...)`, the per-node trajectories
         ([`pcgraph.NodeTrajectory`][]); otherwise None.
+    - `num_nodes`: how many value nodes the graph has (0: nothing was relaxed, and the
+        gradient is backprop's); None where no graph was traced.
 
     Only what was measured is reported: the wavefront schedule (`pcgraph.ZIL()`,
     `FPA(schedule=pcgraph.Wavefront())`) takes no relaxation steps, so it reports `num_steps`
@@ -138,6 +140,7 @@ class RelaxationStats(eqx.Module):
     result: RESULTS
     energy_trajectory: jax.Array | None = None
     nodes: NodeTrajectory | None = None
+    num_nodes: int | None = eqx.field(default=None, static=True)
 
     @property
     def converged(self) -> jax.Array:

@@ -297,12 +297,14 @@ def test_placement_must_be_an_instance():
 
 
 def _fft_loss(w, x):
-    spectrum = jnp.fft.rfft(jnp.tanh(x @ w), axis=-1)
+    h = jnp.tanh(jnp.tanh(x @ w) @ w.T)  # a real hidden layer: a node
+    spectrum = jnp.fft.rfft(h @ w, axis=-1)
     return jnp.sum(jnp.abs(spectrum) ** 2) / x.shape[0]
 
 
 def _complex_loss(w, x):
-    z = (x @ w) * (1.0 + 2.0j) + jnp.exp(1j * (x @ w))
+    h = jnp.tanh(jnp.tanh(x @ w) @ w.T)  # a real hidden layer: a node
+    z = (h @ w) * (1.0 + 2.0j) + jnp.exp(1j * (h @ w))
     return jnp.sum(jnp.real(z * jnp.conj(z)) + jnp.imag(z) ** 3)
 
 
@@ -321,6 +323,6 @@ def test_complex_intermediates_give_jax_grad(loss, placement, algorithm, x64):
     w = normal(jax.random.key(0), (4, 6), jnp.float64, 0.5)
     x = normal(jax.random.key(1), (3, 4), jnp.float64)
     graph = pcgraph.trace(loss, w, x, placement=placement)
-    assert all(np.issubdtype(info.dtype, np.floating) for info in graph.nodes)
+    assert graph.nodes and all(np.issubdtype(info.dtype, np.floating) for info in graph.nodes)
     pc = pcgraph.grad(loss, algorithm=algorithm, placement=placement)(w, x)
     assert_grads_close(pc, jax.grad(loss)(w, x), 1e-10)
