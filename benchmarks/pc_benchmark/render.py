@@ -50,14 +50,14 @@ def _machine(meta: dict) -> str:
     return f"{m['cpu']}, {m['cores']} cores, JAX {m['jax']} on {m['backend']}"
 
 
-def _provenance(files: list[dict]) -> list[str]:
-    lines, seen = [], set()
+def _provenance(files) -> str:
+    """The commands that wrote `files`, one bullet each, with their machine."""
+    lines = []
     for data in files:
-        line = f"`{data['command']}` ({_machine(data)})"
-        if line not in seen:
-            seen.add(line)
+        line = f"- `{data['command']}` ({_machine(data)})"
+        if line not in lines:
             lines.append(line)
-    return lines
+    return "Produced by:\n\n" + "\n".join(sorted(lines)) if lines else "No runs yet."
 
 
 def pcx_rows(results: pathlib.Path):
@@ -114,7 +114,7 @@ def pcx_table(results: pathlib.Path) -> str:
             f"| – | – | not run | not run | {reported if reported is not None else '–'} | – | – |"
         )
     out.append("")
-    out.append("Produced by " + "; ".join(_provenance(files)) + "." if files else "No runs yet.")
+    out.append(_provenance(files))
     return "\n".join(out)
 
 
@@ -140,9 +140,7 @@ def jpc_table(results: pathlib.Path) -> str:
             f"| {statistics.median(r['train_s'] for r in runs):.1f} | `{runs[0]['settings']}` |"
         )
     out.append("")
-    out.append(
-        "Produced by " + "; ".join(_provenance(files.values())) + "." if files else "No runs yet."
-    )
+    out.append(_provenance(files.values()))
     return "\n".join(out)
 
 
@@ -167,7 +165,7 @@ def mupc_table(results: pathlib.Path) -> str:
     if not files:
         out.append("| epc | 128 | 8 | – | – | not run | – | 82.2 | – |")
     out.append("")
-    out.append("Produced by " + "; ".join(_provenance(files)) + "." if files else "No runs yet.")
+    out.append(_provenance(files))
     return "\n".join(out)
 
 
