@@ -23,9 +23,15 @@ class LeafComparison:
     max_abs_error: float
     pc: np.ndarray
     reference: np.ndarray
+    #: False when the PC gradient is at round-off level next to `jax.grad`'s (below
+    #: `sqrt(eps)` of its dtype times the reference's norm): the error has not reached the
+    #: leaf (after too few relaxation steps), and `cosine` (NaN then) would measure round-off.
+    reached: bool = True
 
 
 def _compare(name: str, pc, reference) -> LeafComparison:
+    dtype = np.asarray(pc).dtype
+    tiny = float(np.sqrt(np.finfo(dtype).eps)) if np.issubdtype(dtype, np.inexact) else 0.0
     pc = np.asarray(pc, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     diff = np.linalg.norm(pc - reference)
@@ -37,6 +43,9 @@ def _compare(name: str, pc, reference) -> LeafComparison:
         cosine = 0.0
     else:
         cosine = float(np.vdot(pc, reference) / (pc_norm * ref_norm))
+    reached = not (ref_norm > 0 and pc_norm <= tiny * ref_norm)
+    if not reached:
+        cosine = float("nan")
     return LeafComparison(
         name=name,
         shape=reference.shape,
@@ -45,6 +54,7 @@ def _compare(name: str, pc, reference) -> LeafComparison:
         max_abs_error=float(np.max(np.abs(pc - reference), initial=0.0)),
         pc=pc,
         reference=reference,
+        reached=reached,
     )
 
 
@@ -53,7 +63,9 @@ class GradReport:
     """Per-leaf agreement of predictive-coding gradients with `jax.grad`.
 
     Print it for a table. `relative_error` is `||g_pc - g_jax|| / ||g_jax||` (the absolute
-    error where `g_jax` is zero); `cosine` is 1 for parallel gradients.
+    error where `g_jax` is zero); `cosine` is 1 for parallel gradients. A leaf whose PC
+    gradient is at round-off level (the error has not reached it after the relaxation's steps)
+    is reported as not reached, with a NaN cosine.
     """
 
     algorithm: str
@@ -65,7 +77,15 @@ class GradReport:
 
     @property
     def min_cosine(self) -> float:
+        """The smallest cosine; NaN when some leaf was not reached."""
+        if not all(leaf.reached for leaf in self.leaves):
+            return float("nan")
         return min((leaf.cosine for leaf in self.leaves), default=1.0)
+
+    @property
+    def not_reached(self) -> tuple[str, ...]:
+        """The leaves the error has not reached (see [`pcgraph.GradReport`][])."""
+        return tuple(leaf.name for leaf in self.leaves if not leaf.reached)
 
     def assert_close(self, rtol: float = 1e-5, atol: float = 1e-8) -> None:
         """Raise `AssertionError` unless every element satisfies
@@ -88,7 +108,7 @@ class GradReport:
             (
                 leaf.name,
                 str(leaf.shape),
-                f"{leaf.cosine:.6f}",
+                f"{leaf.cosine:.6f}" if leaf.reached else "not reached",
                 f"{leaf.relative_error:.2e}",
                 f"{leaf.max_abs_error:.2e}",
             )

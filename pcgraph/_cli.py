@@ -13,6 +13,9 @@ Options given on the command line override the factory's `kwargs`.
 
 Exit codes: 0 when every gradient element is within `atol + rtol * |jax.grad|`, 1 when one is
 not (or the relaxation fails), 2 on a usage error (bad path, missing or misbehaving factory).
+IL and EPC are approximate (exact only as `beta -> 0`): for them, unless `--rtol` or `--atol`
+is given, the check is instead that every leaf was reached and its gradient's cosine with
+`jax.grad`'s is at least `--min-cosine` (default 0.9).
 """
 
 import argparse
@@ -160,8 +163,39 @@ def _check(options) -> int:
     except (TypeError, ValueError) as e:
         raise UsageError(f"pcgraph cannot check {options.target}: {e}") from e
     print(report)
-    failing = _failing_leaves(report, options.rtol, options.atol)
-    bound = f"|g_pc - g_jax| <= {options.atol:g} + {options.rtol:g} * |g_jax|"
+    if report.not_reached:
+        print(
+            f"FAIL: {len(report.not_reached)} of {len(report.leaves)} leaves not reached (their "
+            "PC gradient is round-off: the error has not travelled back to them; raise "
+            f"max_steps): {', '.join(report.not_reached)}"
+        )
+        return EXIT_FAILED
+    approximate = isinstance(kwargs["algorithm"], pcgraph.IL | pcgraph.EPC)
+    if approximate and options.rtol is None and options.atol is None:
+        min_cosine = 0.9 if options.min_cosine is None else options.min_cosine
+        failing = [leaf.name for leaf in report.leaves if not leaf.cosine >= min_cosine]
+        bound = (
+            f"cosine >= {min_cosine:g} with jax.grad ({report.algorithm} is approximate; give "
+            "--rtol/--atol for an elementwise check)"
+        )
+        if failing:
+            print(f"FAIL: {len(failing)} of {len(report.leaves)} leaves miss {bound}: ", end="")
+            print(", ".join(failing))
+            return EXIT_FAILED
+        print(f"PASS: all {len(report.leaves)} leaves satisfy {bound}")
+        return EXIT_OK
+    rtol = 1e-5 if options.rtol is None else options.rtol
+    atol = 1e-6 if options.atol is None else options.atol
+    failing = _failing_leaves(report, rtol, atol)
+    if options.min_cosine is not None:
+        failing += [
+            leaf.name
+            for leaf in report.leaves
+            if not leaf.cosine >= options.min_cosine and leaf.name not in failing
+        ]
+    bound = f"|g_pc - g_jax| <= {atol:g} + {rtol:g} * |g_jax|"
+    if options.min_cosine is not None:
+        bound += f" and cosine >= {options.min_cosine:g}"
     if failing:
         print(f"FAIL: {len(failing)} of {len(report.leaves)} leaves exceed {bound}: ", end="")
         print(", ".join(failing))
@@ -284,10 +318,21 @@ def _parser() -> argparse.ArgumentParser:
         "kwargs['algorithm'] (default: the factory's, else FPA)",
     )
     check.add_argument(
-        "--rtol", type=float, default=1e-5, help="relative tolerance (default: %(default)g)"
+        "--rtol",
+        type=float,
+        help="relative tolerance of the elementwise check (default: 1e-5; for IL and EPC, "
+        "which are approximate, the default check is --min-cosine instead)",
     )
     check.add_argument(
-        "--atol", type=float, default=1e-6, help="absolute tolerance (default: %(default)g)"
+        "--atol",
+        type=float,
+        help="absolute tolerance of the elementwise check (default: 1e-6; see --rtol)",
+    )
+    check.add_argument(
+        "--min-cosine",
+        type=float,
+        help="the smallest cosine with jax.grad each leaf's gradient may have (default: 0.9 "
+        "for IL and EPC without --rtol/--atol, else not checked)",
     )
     check.add_argument(
         "--argnums",
