@@ -106,3 +106,15 @@ def test_langevin_bad_input():
     algorithm = pcgraph.IL(stepper=pcgraph.Langevin(0.1, 1.0, jax.random.key(0)), rtol=1e-3)
     with pytest.raises(ValueError, match="Langevin samples: its relaxation has no fixed point"):
         pcgraph.relax(neg_log_joint, (W, B), M0, X, latents=(1,), algorithm=algorithm)
+
+
+if __name__ == "__main__":
+    # The numbers docs/inference.md quotes: `python tests/test_langevin.py`.
+    with jax.enable_x64(True):
+        exact_mean, exact_cov = _posterior()
+        for use_epc in (False, True):
+            drawn = _chains(jax.random.split(jax.random.key(0), 4000), use_epc)
+            mean_error = jnp.linalg.norm(drawn.mean(0) - exact_mean) / jnp.linalg.norm(exact_mean)
+            cov_error = jnp.linalg.norm(jnp.cov(drawn.T) - exact_cov) / jnp.linalg.norm(exact_cov)
+            print(f"{'EPC' if use_epc else 'IL'}: posterior mean within {float(mean_error):.1%}, "
+                  f"covariance within {float(cov_error):.1%}")  # fmt: skip
