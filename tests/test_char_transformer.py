@@ -74,7 +74,8 @@ def test_quick_run_pc_loss_falls(tmp_path):
     )  # fmt: skip
     for name in ("epc", "il"):
         loss = np.asarray(results[name]["loss"])
-        assert len(loss) == 200
+        assert len(loss) == 200, name  # no relaxation diverged
         assert loss[-20:].mean() < loss[:20].mean() - 0.5, name
-        assert results[name]["test_ppl"] < results["backprop"]["test_ppl"] * 1.2, name
+    # ePC's gradient is close to backprop's: the same perplexity to a few percent
+    assert results["epc"]["test_ppl"] < results["backprop"]["test_ppl"] * 1.05
     assert (tmp_path / "quick.png").is_file()
