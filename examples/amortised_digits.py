@@ -17,7 +17,6 @@ Run:  pip install -e ".[examples]" && python examples/amortised_digits.py  (--qu
       epochs, about 3 minutes on 2 cores)
 """
 
-import argparse
 import pathlib
 
 import equinox as eqx
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import batch_order, command_line, save
 from generative_digits import (
     BATCH_SIZE,
     INFER,
@@ -33,7 +33,6 @@ from generative_digits import (
     init_params,
     load_data,
     make_neg_log_joint,
-    save,
     train,
 )
 from tqdm import tqdm
@@ -88,12 +87,10 @@ def train_encoder(neg_log_joint, params, encoder, x_train, epochs, seed):
     opt_state = optimizer.init(encoder)
     refine = jax.jit(lambda params, start, images: infer(
         neg_log_joint, params, start, images).latents[0])  # fmt: skip
-    rng = np.random.default_rng(seed)
-    batches = len(x_train) // BATCH_SIZE
-    for _ in tqdm(range(epochs), desc="training the encoder", unit="epoch"):
-        order = rng.permutation(len(x_train))
-        for b in range(batches):
-            images = jnp.asarray(x_train[order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]])
+    order = batch_order(len(x_train), epochs, seed, BATCH_SIZE)
+    for epoch in tqdm(order, desc="training the encoder", unit="epoch"):
+        for index in epoch:
+            images = jnp.asarray(x_train[index])
             target = refine(params, encode(encoder, images), images)
             encoder, opt_state, _ = step(encoder, opt_state, images, target)
     return encoder
@@ -118,11 +115,11 @@ def save_figure(path, cold, warm):
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("Classification by inference: cold vs amortised start")
-    save(fig, path)
+    save(fig, path, dpi=100)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line(__doc__)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="fewer epochs")
     parser.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,6 @@ Run:  pip install -e ".[examples]" && python examples/bidirectional_digits.py
       (--quick: fewer epochs, under 3 minutes on 2 cores)
 """
 
-import argparse
 import pathlib
 import time
 
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import batch_order, command_line
 from generative_digits import load_data, save_figure
 from tqdm import tqdm
 
@@ -79,18 +79,15 @@ def train(energy, params, x_train, y_train, epochs: int, seed: int, desc: str):
     optimizer = optax.adam(LEARNING_RATE)
     step = jax.jit(pcgraph.train_step(energy, optimizer, algorithm=TRAIN))
     opt_state = optimizer.init(params)
-    rng = np.random.default_rng(seed)
-    batches = len(x_train) // BATCH_SIZE
-    with tqdm(range(epochs), desc=desc, unit="epoch") as bar:
-        for _ in bar:
-            order = rng.permutation(len(x_train))
+    order = batch_order(len(x_train), epochs, seed, BATCH_SIZE)
+    with tqdm(order, desc=desc, unit="epoch") as bar:
+        for epoch in bar:
             total = 0.0
-            for b in range(batches):
-                index = order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
+            for index in epoch:
                 images, labels = jnp.asarray(x_train[index]), jnp.asarray(y_train[index])
                 params, opt_state, info = step(params, opt_state, images, labels)
                 total += float(info.stats.energy) / BATCH_SIZE
-            bar.set_postfix(energy=f"{total / batches:.3f}")
+            bar.set_postfix(energy=f"{total / len(epoch):.3f}")
     return params
 
 
@@ -108,7 +105,7 @@ def complete(model, images, mean_image):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line(__doc__)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="fewer epochs")
     parser.add_argument("--seed", type=int, default=0)

@@ -25,9 +25,7 @@ Run:  pip install -e ".[examples]" && python examples/cnn_digits.py [--epochs 15
       (--quick: 2 epochs, for a smoke test; --il-* change IL's settings, see --help)
 """
 
-import argparse
 import pathlib
-import time
 
 import equinox as eqx
 import jax
@@ -35,9 +33,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from tqdm import tqdm
+from _common import batch_order, command_line, digits, save, train_each
 
 import pcgraph
 
@@ -84,73 +80,9 @@ def loss_fn(model, images, labels):
     return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(labels, 10), axis=-1))
 
 
-def load_data(seed: int):
-    """sklearn's bundled 8x8 digits as 1x8x8 images scaled to [0, 1], stratified 80/20 split."""
-    images, labels = load_digits(return_X_y=True)
-    images = (images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
-    return train_test_split(images, labels, test_size=0.2, stratify=labels, random_state=seed)
-
-
-def batch_order(num_examples: int, epochs: int, seed: int) -> np.ndarray:
-    """Minibatch indices, shape (epochs, batches, BATCH_SIZE), shared by all runs."""
-    rng = np.random.default_rng(seed)
-    num_batches = num_examples // BATCH_SIZE
-    return np.stack(
-        [
-            rng.permutation(num_examples)[: num_batches * BATCH_SIZE].reshape(num_batches, -1)
-            for _ in range(epochs)
-        ]
-    )
-
-
-def agreement(grads, reference):
-    """Relative error ||g - g_ref|| / ||g_ref|| and cosine over all parameters."""
-    g = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(grads)])
-    r = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(reference)])
-    return jnp.linalg.norm(g - r) / jnp.linalg.norm(r), g @ r / jnp.linalg.norm(
-        g
-    ) / jnp.linalg.norm(r)
-
-
-def make_train_step(value_and_grad_fn, optimizer, compare: bool):
-    @eqx.filter_jit
-    def train_step(model, opt_state, images, labels):
-        loss, grads = value_and_grad_fn(model, images, labels)
-        if compare:  # backprop's gradient at the same parameters, for the record only
-            stats = agreement(grads, eqx.filter_grad(loss_fn)(model, images, labels))
-        else:
-            stats = (jnp.zeros(()), jnp.ones(()))
-        updates, opt_state = optimizer.update(grads, opt_state, model)
-        return eqx.apply_updates(model, updates), opt_state, loss, stats
-
-    return train_step
-
-
 @eqx.filter_jit
 def accuracy(model, images, labels):
     return jnp.mean(jnp.argmax(jax.vmap(model)(images), axis=-1) == labels)
-
-
-def train(name, value_and_grad_fn, model, data, order, compare):
-    x_train, y_train, x_test, y_test = data
-    optimizer = optax.adam(optax.cosine_decay_schedule(LEARNING_RATE, order[..., 0].size))
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    train_step = make_train_step(value_and_grad_fn, optimizer, compare)
-    history = {"test": [], "train": [], "rel_error": [], "cosine": []}
-    start = time.perf_counter()
-    with tqdm(order, desc=f"{name:<10}", unit="epoch") as bar:
-        for epoch_batches in bar:
-            for idx in epoch_batches:
-                model, opt_state, _, (rel_error, cosine) = train_step(
-                    model, opt_state, x_train[idx], y_train[idx]
-                )
-                history["rel_error"].append(float(rel_error))
-                history["cosine"].append(float(cosine))
-            history["train"].append(float(accuracy(model, x_train, y_train)))
-            history["test"].append(float(accuracy(model, x_test, y_test)))
-            bar.set_postfix(test=f"{history['test'][-1]:.3f}")
-    history["seconds"] = time.perf_counter() - start
-    return history
 
 
 def plot(results, path: pathlib.Path):
@@ -171,15 +103,11 @@ def plot(results, path: pathlib.Path):
     )
     right.grid(alpha=0.3, which="both")
     right.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    save(figure, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--epochs", type=int, default=15, help="training epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed for split, init and order")
     parser.add_argument("--quick", action="store_true", help="2 epochs: a smoke test")
@@ -190,8 +118,7 @@ def main():
     args = parser.parse_args()
     epochs = 2 if args.quick else args.epochs
 
-    x_train, x_test, y_train, y_test = load_data(args.seed)
-    data = (x_train, y_train, x_test, y_test)
+    x_train, x_test, y_train, y_test = digits(args.seed, shape=(1, 8, 8))
     print(f"digits: {len(x_train)} train / {len(x_test)} test images (8x8), 10 classes")
     model = CNN(jax.random.PRNGKey(args.seed))
     diff, rest = eqx.partition(model, eqx.is_inexact_array)
@@ -205,15 +132,22 @@ def main():
         f"IL settings: beta={args.il_beta}, {args.il_steps} steps of optax.sgd("
         f"{args.il_step_size}, momentum={args.il_momentum}) on the activities"
     )
-    order = batch_order(len(x_train), epochs, args.seed)
+    # The same minibatches and optimiser for every run.
+    order = batch_order(len(x_train), epochs, args.seed, BATCH_SIZE)
+    batches = [(x_train[idx], y_train[idx]) for idx in order.reshape(-1, BATCH_SIZE)]
+    optimizer = optax.adam(optax.cosine_decay_schedule(LEARNING_RATE, len(batches)))
+
+    def evaluate(model):  # after every epoch
+        return {"train": accuracy(model, x_train, y_train), "test": accuracy(model, x_test, y_test)}
+
     runs = {
         "backprop": (eqx.filter_value_and_grad(loss_fn), False),
         "PC (FPA)": (pcgraph.filter_value_and_grad(loss_fn), True),
         "PC (IL)": (pcgraph.filter_value_and_grad(loss_fn, algorithm=il), True),
     }
-    results = {
-        name: train(name, fn, model, data, order, compare) for name, (fn, compare) in runs.items()
-    }
+    results = train_each(
+        runs, loss_fn, model, optimizer, batches, evaluate=evaluate, every=order.shape[1]
+    )
     plot(results, FIGURE)
 
     backprop = results["backprop"]["test"][-1]

@@ -25,6 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _common import mlp_logits, mlp_loss, mlp_params  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
@@ -32,25 +33,6 @@ import pcgraph  # noqa: E402
 
 SIZES = (64, 64, 64, 10)
 BATCH = 128  # 32 examples per device
-
-
-def init_params(key):
-    keys = jax.random.split(key, len(SIZES) - 1)
-    return [
-        {"w": jax.random.normal(k, (m, n)) / np.sqrt(m), "b": jnp.zeros(n)}
-        for k, m, n in zip(keys, SIZES[:-1], SIZES[1:])
-    ]
-
-
-def logits_fn(params, x):
-    h = x
-    for i, layer in enumerate(params[:-1]):
-        h = pcgraph.node(jnp.tanh(h @ layer["w"] + layer["b"]), name=f"hidden{i + 1}")
-    return h @ params[-1]["w"] + params[-1]["b"]
-
-
-def loss(params, x, y):
-    return optax.softmax_cross_entropy_with_integer_labels(logits_fn(params, x), y).mean()
 
 
 def max_difference(a, b) -> float:
@@ -78,7 +60,7 @@ def main():
     split = len(labels) * 4 // 5
     x_train, y_train, x_test, y_test = x_all[:split], y_all[:split], x_all[split:], y_all[split:]
 
-    params = init_params(jax.random.key(args.seed))
+    params = mlp_params(jax.random.key(args.seed), SIZES)
     x, y = x_train[:BATCH], y_train[:BATCH]
     x_sharded, y_sharded = jax.device_put(x, on_batch), jax.device_put(y, on_batch)
     params_replicated = jax.device_put(params, replicated)
@@ -89,7 +71,7 @@ def main():
 
     # The same gradient function on one device and on the mesh.
     for algorithm in (pcgraph.FPA(), pcgraph.IL(rtol=None)):
-        grad_fn = jax.jit(pcgraph.grad(loss, algorithm=algorithm))
+        grad_fn = jax.jit(pcgraph.grad(mlp_loss, algorithm=algorithm))
         single = grad_fn(params, x, y)
         sharded = grad_fn(params_replicated, x_sharded, y_sharded)
         specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(sharded)}
@@ -97,8 +79,8 @@ def main():
             f"{type(algorithm).__name__:>3}: max |g(4 devices) - g(1 device)| = "
             f"{max_difference(sharded, single):.2e}; gradient shardings: {sorted(specs)}"
         )
-    backprop = jax.grad(loss)(params, x, y)
-    sharded_fpa = jax.jit(pcgraph.grad(loss))(params_replicated, x_sharded, y_sharded)
+    backprop = jax.grad(mlp_loss)(params, x, y)
+    sharded_fpa = jax.jit(pcgraph.grad(mlp_loss))(params_replicated, x_sharded, y_sharded)
     print(f"FPA on 4 devices vs jax.grad on 1: {max_difference(sharded_fpa, backprop):.2e}")
 
     # Data-parallel training with FPA: the step is compiled once for the sharded layout.
@@ -106,7 +88,7 @@ def main():
 
     @jax.jit
     def train_step(params, opt_state, x, y):
-        grads = pcgraph.grad(loss)(params, x, y)
+        grads = pcgraph.grad(mlp_loss)(params, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
@@ -127,7 +109,7 @@ def main():
                 p, opt_state = train_step(
                     p, opt_state, put_batch(x_train[batch]), put_batch(y_train[batch])
                 )
-        accuracy = jnp.mean(jnp.argmax(logits_fn(p, x_test), -1) == y_test)
+        accuracy = jnp.mean(jnp.argmax(mlp_logits(p, x_test), -1) == y_test)
         trained[where] = p
         print(f"trained on {where}: test accuracy {float(accuracy):.2%}")
     print(

@@ -31,7 +31,6 @@ Run:  pip install -e ".[examples]" && python examples/deep_mupc.py [--epochs 8] 
       (--quick: 4 and 8 hidden layers, width 32, 1 epoch: a smoke test)
 """
 
-import argparse
 import math
 import pathlib
 import time
@@ -42,8 +41,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _common import batch_order, command_line, compiled, digits, save
 from tqdm import tqdm
 
 import pcgraph
@@ -63,10 +61,7 @@ PARAMETERISATIONS = {MuPC(): "muPC", Standard(): "SP"}  # the runs, and their la
 
 def load_data(seed: int):
     """sklearn's bundled 8x8 digits, standardised per pixel, stratified 80/20 split."""
-    images, labels = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images.astype(np.float32), labels, test_size=0.2, stratify=labels, random_state=seed
-    )
+    x_train, x_test, y_train, y_test = digits(seed, scale=1.0)
     mean, std = x_train.mean(axis=0), x_train.std(axis=0)
     std = np.where(std > 0, std, 1.0)  # constant border pixels stay at zero
     return (x_train - mean) / std, y_train, (x_test - mean) / std, y_test
@@ -102,19 +97,6 @@ def accuracy(model, x, labels):
     return jnp.mean(jnp.argmax(model(x), axis=-1) == labels)
 
 
-def batch_order(num_examples: int, epochs: int, seed: int) -> np.ndarray:
-    """Minibatch indices, shape (epochs, batches, BATCH_SIZE): a fresh shuffle per epoch, the
-    ragged last batch dropped. Shared by every run."""
-    rng = np.random.default_rng(seed)
-    num_batches = num_examples // BATCH_SIZE
-    return np.stack(
-        [
-            rng.permutation(num_examples)[: num_batches * BATCH_SIZE].reshape(num_batches, -1)
-            for _ in range(epochs)
-        ]
-    )
-
-
 def train(parameterisation, depth, width, data, order, seed):
     """Train one network; stops early if it diverges (non-finite loss or relaxation)."""
     x_train, y_train, x_test, y_test = data
@@ -133,11 +115,10 @@ def train(parameterisation, depth, width, data, order, seed):
     opt_state = optimizer.init(model)
     targets = np.eye(10, dtype=np.float32)[y_train]
 
-    start = time.perf_counter()  # compile up front so the timings below are pure training
     first = order[0, 0]
-    train_step = make_train_step(algorithm, optimizer)
-    train_step = train_step.lower(model, opt_state, x_train[first], targets[first]).compile()
-    compile_time = time.perf_counter() - start
+    train_step, compile_time = compiled(
+        make_train_step(algorithm, optimizer), model, opt_state, x_train[first], targets[first]
+    )
 
     history = {"test": [], "wall": [], "cpu": []}
     diverged_at, reach = None, 0
@@ -280,15 +261,11 @@ def plot(results, readouts, conditions, depths, path: pathlib.Path):
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    save(figure, path, dpi=110)
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--epochs", type=int, default=8, help="training epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed for split, init, order")
     parser.add_argument("--quick", action="store_true", help="a smoke test (< 1 minute)")
@@ -303,7 +280,7 @@ def main():
         f"Adam {LEARNING_RATE}, {epochs} epoch(s)"
     )
     conditions = condition_numbers(depths, x_train[0], int(y_train[0]), args.seed)
-    order = batch_order(len(x_train), epochs, args.seed)
+    order = batch_order(len(x_train), epochs, args.seed, BATCH_SIZE)
     results = {
         (parameterisation, depth): train(parameterisation, depth, width, data, order, args.seed)
         for depth in depths

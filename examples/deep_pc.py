@@ -33,7 +33,6 @@ Run:  pip install -e ".[examples]" && python examples/deep_pc.py [--epochs 10] [
       (--quick: seed 0 only, about 2 minutes on 2 cores)
 """
 
-import argparse
 import time
 from collections.abc import Callable
 
@@ -42,12 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from deep_mupc import batch_order, load_data
+from _common import batch_order, command_line, compiled
+from deep_mupc import load_data
 from tqdm import tqdm
 
 import pcgraph
 
 WIDTH = 128
+BATCH_SIZE = 64
 STEPS = 8  # T, the relaxation budget of IL and ePC
 STEP_SIZE = 0.1  # Euler step of the relaxation (pcgraph's energy: summed errors, mean loss)
 LEARNING_RATE = 2e-4  # Adam, on the weights: the start of a cosine decay to 0
@@ -149,10 +150,9 @@ def train(model, algorithm, data, order, desc: str, learning_rate) -> dict:
     optimizer = optax.adam(learning_rate)
     opt_state = optimizer.init(model)
     first = order[0, 0]
-    start = time.perf_counter()
-    step = make_train_step(algorithm, optimizer)
-    step = step.lower(model, opt_state, x_train[first], y_train[first]).compile()
-    compile_seconds = time.perf_counter() - start
+    step, compile_seconds = compiled(
+        make_train_step(algorithm, optimizer), model, opt_state, x_train[first], y_train[first]
+    )
     result = dict(test=[], epoch_seconds=[], compile_seconds=compile_seconds, diverged_at=None)
     with tqdm(total=order.size // order.shape[-1], desc=desc, unit="step", leave=False) as bar:
         for epoch, batches in enumerate(order, start=1):
@@ -172,9 +172,7 @@ def train(model, algorithm, data, order, desc: str, learning_rate) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds: split, init, order"
@@ -209,7 +207,7 @@ def main():
     finals = {name: [] for name in ("backprop", "IL", "ePC")}
     for seed in seeds:
         data = load_data(seed)
-        order = batch_order(len(data[0]), epochs, seed)
+        order = batch_order(len(data[0]), epochs, seed, BATCH_SIZE)
         schedule = optax.cosine_decay_schedule(LEARNING_RATE, order.shape[0] * order.shape[1])
         model = PlainMLP(TRAIN_DEPTH, WIDTH, data[0].shape[1], 10, key=jax.random.PRNGKey(seed))
         for name in finals:

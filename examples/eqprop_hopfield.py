@@ -25,7 +25,6 @@ Run:  pip install -e ".[examples]" && python examples/eqprop_hopfield.py [--epoc
       (--quick: 3 epochs, for a smoke test)
 """
 
-import argparse
 import pathlib
 import time
 
@@ -34,8 +33,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _common import batch_order, command_line, compiled, digits, save
 from tqdm import tqdm
 
 import pcgraph
@@ -46,13 +44,6 @@ LEARNING_RATE = 1e-3
 BETA = 0.5  # the nudge each example feels (the Hopfield cost is summed over the batch)
 STEP_SIZE = 0.5  # Euler steps of at most 1 keep every unit in [0, 1]
 FIGURE = pathlib.Path(__file__).parent / "figures" / "eqprop_hopfield.png"
-
-
-def load_data(seed: int):
-    """sklearn's bundled 8x8 digits, pixels scaled to [0, 1], stratified 80/20 split."""
-    images, labels = load_digits(return_X_y=True)
-    images = (images / 16.0).astype(np.float32)
-    return train_test_split(images, labels, test_size=0.2, stratify=labels, random_state=seed)
 
 
 def make_train_step(model, algorithm, optimizer):
@@ -86,33 +77,18 @@ def make_evaluate(model, algorithm):
     return evaluate
 
 
-def batch_order(num_examples: int, epochs: int, seed: int) -> np.ndarray:
-    """Minibatch indices, shape (epochs, batches, BATCH_SIZE): a fresh shuffle per epoch, the
-    ragged last batch dropped so every step has the same shape. Shared by both runs."""
-    rng = np.random.default_rng(seed)
-    num_batches = num_examples // BATCH_SIZE
-    return np.stack(
-        [
-            rng.permutation(num_examples)[: num_batches * BATCH_SIZE].reshape(num_batches, -1)
-            for _ in range(epochs)
-        ]
-    )
-
-
 def train(name, model, algorithm, params, data, order):
     """Train from `params`; returns per-epoch train/test accuracy, the last residual, the mean
     relaxation steps per update, times."""
     x_train, y_train, x_test, y_test = data
     optimizer = optax.adam(LEARNING_RATE)
     opt_state = optimizer.init(params)
-    train_step = make_train_step(model, algorithm, optimizer)
-    evaluate = make_evaluate(model, algorithm)
-
-    start = time.perf_counter()  # compile up front so the timing below is pure training
     first = order[0, 0]
-    train_step = train_step.lower(params, opt_state, x_train[first], y_train[first]).compile()
-    evaluate = evaluate.lower(params, x_test, y_test).compile()
-    compile_time = time.perf_counter() - start
+    train_step, compile_train = compiled(
+        make_train_step(model, algorithm, optimizer), params, opt_state, x_train[first],
+        y_train[first],
+    )  # fmt: skip
+    evaluate, compile_evaluate = compiled(make_evaluate(model, algorithm), params, x_test, y_test)
 
     history = {"train": [], "test": []}
     steps = []
@@ -134,7 +110,7 @@ def train(name, model, algorithm, params, data, order):
         history=history,
         residual=float(residual),
         steps=float(np.mean(steps)),
-        compile_time=compile_time,
+        compile_time=compile_train + compile_evaluate,
         train_time=time.perf_counter() - start,
     )
 
@@ -154,26 +130,22 @@ def plot(results, path: pathlib.Path):
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    save(figure, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--epochs", type=int, default=20, help="training epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed for split, init, order")
     parser.add_argument("--quick", action="store_true", help="3 epochs: a smoke test")
     args = parser.parse_args()
     epochs = 3 if args.quick else args.epochs
 
-    x_train, x_test, y_train, y_test = load_data(args.seed)
+    x_train, x_test, y_train, y_test = digits(args.seed)
     print(f"digits: {len(x_train)} train / {len(x_test)} test examples, 64 features, 10 classes")
     model = pcgraph.HopfieldEnergy()
     init = model.init_params(jax.random.PRNGKey(args.seed), LAYER_SIZES)
-    order = batch_order(len(x_train), epochs, args.seed)
+    order = batch_order(len(x_train), epochs, args.seed, BATCH_SIZE)
     settings = dict(beta=BETA, stepper=pcgraph.Euler(STEP_SIZE))
     algorithms = {
         "EqProp (one-sided)": pcgraph.EqProp(**settings),

@@ -24,7 +24,6 @@ Run:  pip install -e ".[examples]" && python examples/generative_digits.py
       digits with Bernoulli pixels)
 """
 
-import argparse
 import pathlib
 import time
 
@@ -32,8 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from _common import batch_order, command_line, digits, save
 from tqdm import tqdm
 
 import pcgraph
@@ -93,14 +91,11 @@ def init_params(key):
 
 
 def load_data(pixels: str, seed: int):
-    digits = load_digits()
-    images = (digits.data / 16.0).astype(np.float32)
+    """The digits in [0, 1] (binarised for Bernoulli pixels), one-hot labels, 80/20 split."""
+    x_train, x_test, y_train, y_test = digits(seed, one_hot=True)
     if pixels == "bernoulli":
-        images = (images > 0.5).astype(np.float32)
-    labels = np.eye(10, dtype=np.float32)[digits.target]
-    return train_test_split(
-        images, labels, test_size=0.2, random_state=seed, stratify=digits.target
-    )
+        x_train, x_test = ((x > 0.5).astype(np.float32) for x in (x_train, x_test))
+    return x_train, x_test, y_train, y_test
 
 
 def everywhere(x):
@@ -111,20 +106,17 @@ def train(neg_log_joint, params, x_train, y_train, epochs: int, seed: int):
     optimizer = optax.adam(LEARNING_RATE)
     step = jax.jit(pcgraph.train_step(neg_log_joint, optimizer, algorithm=TRAIN, latents=(1, 2)))
     opt_state = optimizer.init(params)
-    rng = np.random.default_rng(seed)
-    batches = len(x_train) // BATCH_SIZE
-    with tqdm(range(epochs), desc="training (IL)", unit="epoch") as bar:
-        for _ in bar:
-            order = rng.permutation(len(x_train))
+    order = batch_order(len(x_train), epochs, seed, BATCH_SIZE)
+    with tqdm(order, desc="training (IL)", unit="epoch") as bar:
+        for epoch in bar:
             energy = 0.0
-            for b in range(batches):
-                index = order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
+            for index in epoch:
                 image, label = jnp.asarray(x_train[index]), jnp.asarray(y_train[index])
                 observed = (pcgraph.Observed(label, everywhere(label)),
                             pcgraph.Observed(image, everywhere(image)))  # fmt: skip
                 params, opt_state, info = step(params, opt_state, *observed)
                 energy += float(info.stats.energy) / BATCH_SIZE
-            bar.set_postfix(energy=f"{energy / batches:.3f}")
+            bar.set_postfix(energy=f"{energy / len(epoch):.3f}")
     return params
 
 
@@ -168,30 +160,21 @@ def save_figure(
     top = np.where(np.arange(64) < 32, images[:10], np.nan)
     rows = [(images[:10], "held-out"), (top, "observed"), (completed[:10], "completed"),
             (generated, "generated")]  # fmt: skip
-    for r, (row, title) in enumerate(rows):
+    for r, (row, label) in enumerate(rows):
         for k in range(10):
             ax = axes[r, k]
             ax.imshow(np.asarray(row[k]).reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r, 0].set_ylabel(title, fontsize=9)
+        axes[r, 0].set_ylabel(label, fontsize=9)
     for k in range(10):
         axes[3, k].set_xlabel(str(k), fontsize=9)
     fig.suptitle(title)
-    save(fig, path)
-
-
-def save(fig, path: pathlib.Path):
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = command_line(__doc__)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="fewer epochs")
     parser.add_argument("--pixels", choices=["gaussian", "bernoulli"], default="gaussian")

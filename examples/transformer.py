@@ -24,9 +24,7 @@ Run:  pip install -e ".[examples]" && python examples/transformer.py [--steps 80
       (--quick: 100 steps, for a smoke test)
 """
 
-import argparse
 import pathlib
-import time
 
 import equinox as eqx
 import jax
@@ -34,7 +32,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
-from tqdm import tqdm
+from _common import command_line, save, train_each
 
 import pcgraph
 
@@ -113,51 +111,6 @@ def evaluate(model, tokens, targets):
     return jnp.mean(correct), jnp.mean(jnp.all(correct, axis=-1))
 
 
-def agreement(grads, reference):
-    """Relative error ||g - g_ref|| / ||g_ref|| over all parameters."""
-    g = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(grads)])
-    r = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(reference)])
-    return jnp.linalg.norm(g - r) / jnp.linalg.norm(r)
-
-
-def make_train_step(value_and_grad_fn, optimizer, compare: bool):
-    @eqx.filter_jit
-    def train_step(model, opt_state, tokens, targets):
-        loss, grads = value_and_grad_fn(model, tokens, targets)
-        rel_error = (
-            agreement(grads, eqx.filter_grad(loss_fn)(model, tokens, targets))
-            if compare
-            else jnp.zeros(())
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, model)
-        return eqx.apply_updates(model, updates), opt_state, loss, rel_error
-
-    return train_step
-
-
-def train(name, value_and_grad_fn, model, batches, test, compare):
-    optimizer = optax.adam(optax.cosine_decay_schedule(LEARNING_RATE, len(batches[0])))
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    train_step = make_train_step(value_and_grad_fn, optimizer, compare)
-    history = {"step": [], "token": [], "sequence": [], "loss": [], "rel_error": []}
-    start = time.perf_counter()
-    with tqdm(range(len(batches[0])), desc=f"{name:<9}", unit="step") as bar:
-        for step in bar:
-            model, opt_state, loss, rel_error = train_step(
-                model, opt_state, batches[0][step], batches[1][step]
-            )
-            history["loss"].append(float(loss))
-            history["rel_error"].append(float(rel_error))
-            if (step + 1) % EVAL_EVERY == 0 or step == 0:
-                token, sequence = evaluate(model, *test)
-                history["step"].append(step + 1)
-                history["token"].append(float(token))
-                history["sequence"].append(float(sequence))
-                bar.set_postfix(token=f"{float(token):.3f}", sequence=f"{float(sequence):.3f}")
-    history["seconds"] = time.perf_counter() - start
-    return history
-
-
 def plot(results, path: pathlib.Path):
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for (name, history), color in zip(results.items(), ("C0", "C1"), strict=True):
@@ -180,15 +133,11 @@ def plot(results, path: pathlib.Path):
         title="PC (FPA) gradient vs backprop's, at PC's own parameters",
     )
     right.grid(alpha=0.3, which="both")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    save(figure, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = command_line(__doc__)
     parser.add_argument("--steps", type=int, default=800, help="training steps")
     parser.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
     parser.add_argument("--quick", action="store_true", help="100 steps: a smoke test")
@@ -197,29 +146,36 @@ def main():
 
     k_model, k_train, k_test = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     tokens, targets = sorting_task(k_train, steps * BATCH_SIZE)
-    batches = (
-        np.asarray(tokens).reshape(steps, BATCH_SIZE, LENGTH),
-        np.asarray(targets).reshape(steps, BATCH_SIZE, LENGTH),
+    batches = list(
+        zip(
+            np.asarray(tokens).reshape(steps, BATCH_SIZE, LENGTH),
+            np.asarray(targets).reshape(steps, BATCH_SIZE, LENGTH),
+        )
     )
     test = sorting_task(k_test, 2000)
     model = Transformer(k_model)
     diff, rest = eqx.partition(model, eqx.is_inexact_array)
-    graph = pcgraph.trace(
-        lambda d: loss_fn(eqx.combine(d, rest), batches[0][0], batches[1][0]), diff
-    )
+    graph = pcgraph.trace(lambda d: loss_fn(eqx.combine(d, rest), *batches[0]), diff)
     stacked = [info for info in graph.nodes if info.iterations is not None]
     print(
         f"graph: {len(graph.nodes)} value nodes, depth {graph.depth}; stacked over the layers: "
         + ", ".join(f"{info.name} {list(info.shape)}" for info in stacked)
     )
 
+    # Adam, its learning rate decaying from LEARNING_RATE to 0 over the run.
+    optimizer = optax.adam(optax.cosine_decay_schedule(LEARNING_RATE, steps))
     runs = {
         "backprop": (eqx.filter_value_and_grad(loss_fn), False),
         "PC (FPA)": (pcgraph.filter_value_and_grad(loss_fn), True),
     }
-    results = {
-        name: train(name, fn, model, batches, test, compare) for name, (fn, compare) in runs.items()
-    }
+
+    def accuracies(model):
+        token, sequence = evaluate(model, *test)
+        return {"token": token, "sequence": sequence}
+
+    results = train_each(
+        runs, loss_fn, model, optimizer, batches, evaluate=accuracies, every=EVAL_EVERY, first=True
+    )
     plot(results, FIGURE)
 
     print(

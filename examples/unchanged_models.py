@@ -16,16 +16,11 @@ Run:  pip install -e ".[examples]" && python examples/unchanged_models.py [--epo
       (--quick: 5 epochs)
 """
 
-import argparse
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from tqdm import tqdm
+from _common import agreement, batch_order, command_line, digits, train_each
 
 import pcgraph
 
@@ -60,71 +55,46 @@ def loss_fn(model, images, labels):
     return -jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * labels, axis=-1))
 
 
-def load_data(seed: int):
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[:, None]
-    labels = np.eye(10, dtype=np.float32)[digits.target]
-    return train_test_split(
-        images, labels, test_size=0.2, random_state=seed, stratify=digits.target
-    )
-
-
 def accuracy(model, images, labels) -> float:
     logits = jax.vmap(model)(images)
     return float(jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1)))
 
 
-def cosine(a, b) -> float:
-    a = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(a)])
-    b = jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(b)])
-    return float(a @ b / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
-
-
-def train(name, value_and_grad_fn, model, data, epochs, seed) -> float:
-    x_train, x_test, y_train, y_test = data
-    optimizer = optax.adam(LEARNING_RATE)
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-
-    @eqx.filter_jit
-    def step(model, opt_state, x, y):
-        loss, grads = value_and_grad_fn(model, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, model)
-        return eqx.apply_updates(model, updates), opt_state, loss
-
-    rng = np.random.default_rng(seed)
-    batches = len(x_train) // BATCH_SIZE
-    with tqdm(total=epochs * batches, desc=name, leave=False) as bar:
-        for _ in range(epochs):
-            order = rng.permutation(len(x_train))
-            for b in range(batches):
-                idx = order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
-                model, opt_state, loss = step(model, opt_state, x_train[idx], y_train[idx])
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-                bar.update()
-    return accuracy(model, x_test, y_test)
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = command_line(__doc__)
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed for split, init and order")
     parser.add_argument("--quick", action="store_true", help="5 epochs")
     args = parser.parse_args()
     epochs = 5 if args.quick else args.epochs
-    data = load_data(args.seed)
+    x_train, x_test, y_train, y_test = digits(args.seed, shape=(1, 8, 8), one_hot=True)
     model = CNN(jax.random.key(args.seed))
-    x, y = data[0][:BATCH_SIZE], data[2][:BATCH_SIZE]
+    x, y = x_train[:BATCH_SIZE], y_train[:BATCH_SIZE]
 
     diff, static = eqx.partition(model, eqx.is_inexact_array)
     graph = pcgraph.trace(lambda d, x, y: loss_fn(eqx.combine(d, static), x, y), diff, x, y)
     print("The automatic graph of the unchanged CNN:")
     print(graph.summary())
     il = pcgraph.filter_value_and_grad(loss_fn, algorithm=pcgraph.IL())
-    start = cosine(il(model, x, y)[1], eqx.filter_grad(loss_fn)(model, x, y))
-    print(f"IL vs jax.grad at initialisation: cosine {start:.4f}")
+    _, start = agreement(il(model, x, y)[1], eqx.filter_grad(loss_fn)(model, x, y))
+    print(f"IL vs jax.grad at initialisation: cosine {float(start):.4f}")
 
-    bp = train("backprop", eqx.filter_value_and_grad(loss_fn), model, data, epochs, args.seed)
-    pc = train("PC (IL, defaults)", il, model, data, epochs, args.seed)
+    # The same minibatches and optimiser for both runs.
+    order = batch_order(len(x_train), epochs, args.seed, BATCH_SIZE)
+    batches = [(x_train[idx], y_train[idx]) for idx in order.reshape(-1, BATCH_SIZE)]
+    runs = {
+        "backprop": (eqx.filter_value_and_grad(loss_fn), False),
+        "PC (IL, defaults)": (il, False),
+    }
+
+    def evaluate(model):  # once, after the last step
+        return {"test": accuracy(model, x_test, y_test)}
+
+    optimizer = optax.adam(LEARNING_RATE)
+    results = train_each(
+        runs, loss_fn, model, optimizer, batches, evaluate=evaluate, every=len(batches), leave=False
+    )
+    bp, pc = (history["test"][-1] for history in results.values())
     print(f"test accuracy after {epochs} epochs: backprop {bp:.3f}, PC (IL) {pc:.3f}")
     print(f"difference: {abs(bp - pc) * 100:.1f} points")
 
