@@ -168,6 +168,15 @@ class RelaxationStats(eqx.Module):
             what = f"the energy increased from {start:.6g} to {end:.6g} at step {steps}"
         elif self.result == RESULTS.outside_support:
             what = f"a node's value left its support at step {steps}"
+        elif self.result == RESULTS.nonfinite and not abs(start) < float("inf"):
+            return (
+                f"Relaxation failed: the energy is {start} before the first step, although the "
+                "loss is finite: a node holds NaN or Inf entries that the loss never reads (a "
+                "buffer a loop fills with inf as 'not written yet', masked entries), and its "
+                "energy term cannot. No step size helps. Put the nodes elsewhere "
+                "(placement=pcgraph.Marks() with `pcgraph.node` marks), or use pcgraph.FPA() / "
+                "pcgraph.ZIL(), which never evaluate that energy."
+            )
         elif self.result == RESULTS.nonfinite:
             what = f"the energy became {end} at step {steps} (it started at {start:.6g})"
         else:
@@ -195,7 +204,13 @@ class _Carry(eqx.Module):
     done: jax.Array
     trajectory: jax.Array | None
     recorded: PyTree
+    #: How many steps in a row have changed the energy by at most `settle` of its change so far.
+    calm: jax.Array
 
+
+#: How many steps in a row must each change the energy by at most `settle` of its change so
+#: far: one calm step can be a heavy-ball relaxation turning round.
+_CALM_STEPS = 3
 
 _TOLERANCE_NOT_REVERSE_DIFFERENTIABLE = (
     "pcgraph cannot differentiate in reverse mode (`jax.grad`, `jax.vjp`, `jax.jacrev`) "
@@ -220,6 +235,8 @@ def relax(
     record: Callable[[PyTree], PyTree] | None = None,
     saveat: SaveAt | None = None,
     hold: Callable[[PyTree, PyTree], PyTree] | None = None,
+    settle: float | None = None,
+    min_steps: int = 0,
 ) -> tuple[PyTree, RelaxationStats]:
     """Step `state` along `force_fn(state) = (energy, -dF/dstate)` in one compiled loop.
 
@@ -233,6 +250,14 @@ def relax(
     `record(state)` is stored at its steps. `hold(old, new)` restores what a step must not
     move (observed entries).
 
+    With `settle` (and no `rtol`), the relaxation also stops once it has settled: once each of
+    `_CALM_STEPS` steps in a row changed the energy by at most `settle` times its change since
+    the start, and at least `min_steps` steps were taken (the number an error needs to reach
+    every node). Unlike a force tolerance this is met where the energy has kinks (ReLU,
+    max-pooling), around which the values keep moving in a narrow band; missing it is no
+    failure (the relaxation then takes `max_steps` steps). The loop keeps its fixed trip count
+    and skips the steps after it settles, so reverse mode still differentiates it.
+
     A stepper that samples ([`pcgraph.Langevin`][]) takes exactly `max_steps` steps, and its
     energy is checked for NaN/Inf only.
     """
@@ -244,9 +269,12 @@ def relax(
                 "exactly `max_steps` steps."
             )
         max_energy_increase = None
+    if stepper.samples or rtol is not None:
+        # A sampler has no fixed point to settle at; a force tolerance says when to stop.
+        settle = None
     steps = None if saveat is None else saveat.resolve(max_steps)
 
-    def status(step, energy, residual, initial_energy, tolerance, state):
+    def status(step, energy, residual, initial_energy, tolerance, state, settled=False):
         """The result and whether to stop, after `step` steps."""
         # The energy sums every node's squared error, so it is the one value to check.
         result = RESULTS.where(jnp.isfinite(energy), RESULTS.successful, RESULTS.nonfinite)
@@ -262,7 +290,7 @@ def relax(
                 (result == RESULTS.successful) & rose, RESULTS.energy_increased, result
             )
         failed = result != RESULTS.successful
-        converged = False if rtol is None else residual <= tolerance
+        converged = settled if rtol is None else residual <= tolerance
         out_of_steps = step >= max_steps
         if rtol is not None:
             result = RESULTS.where(
@@ -284,7 +312,16 @@ def relax(
         tolerance = carry.tolerance
         if rtol is not None:
             tolerance = jnp.where(first, atol + rtol * residual, tolerance)
-        result, done = status(carry.step, energy, residual, initial_energy, tolerance, carry.state)
+        calm, settled = carry.calm, False
+        if settle is not None:
+            change = jnp.abs(energy - carry.energy)
+            calm = jnp.where(
+                ~first & (change <= settle * jnp.abs(initial_energy - energy)), calm + 1, 0
+            )
+            settled = (calm >= _CALM_STEPS) & (carry.step >= min_steps)
+        result, done = status(
+            carry.step, energy, residual, initial_energy, tolerance, carry.state, settled
+        )
         # With a fixed trip count the loop runs on once done: freeze everything then, as
         # re-evaluating the force at the same state need not reproduce its status bit for bit.
         initial_energy, tolerance, energy, residual, result = jax.tree.map(
@@ -311,7 +348,7 @@ def relax(
         step = carry.step + jnp.where(done, 0, 1).astype(carry.step.dtype)
         return _Carry(
             step, state, stepper_state, initial_energy, tolerance, energy, residual, result,
-            done, trajectory, recorded,
+            done, trajectory, recorded, calm,
         )  # fmt: skip
 
     # Energies and residuals are carried in the state's floating dtype, at least float32
@@ -322,7 +359,11 @@ def relax(
     nan = jnp.full((), jnp.nan, dtype)
     trajectory = jnp.full((max_steps + 1,), jnp.nan, dtype) if save_energy else None
     if rtol is None and not save_energy and steps is None and in_support is None:
-        return _relax_fixed(force_fn, state, stepper, max_steps, hold, status, dtype)
+        if settle is None:
+            return _relax_fixed(force_fn, state, stepper, max_steps, hold, status, dtype)
+        return _relax_settling(
+            force_fn, state, stepper, max_steps, hold, status, dtype, settle, min_steps
+        )
     carry = _Carry(
         step=jnp.zeros((), jnp.int32),
         state=state,
@@ -340,11 +381,18 @@ def relax(
             lambda x: jnp.full((len(steps), *x.shape), jnp.nan, x.dtype),
             jax.eval_shape(record, state),
         ),
+        calm=jnp.zeros((), jnp.int32),
     )
     if rtol is None:
         # `max_steps` steps and a last evaluation. A static trip count lowers to a scan, which
         # reverse-mode autodiff can differentiate.
-        carry = lax.fori_loop(0, max_steps + 1, lambda _, c: body(c), carry)
+        if settle is None:
+            carry = lax.fori_loop(0, max_steps + 1, lambda _, c: body(c), carry)
+        else:
+            # Once settled, the remaining iterations skip the step's work.
+            carry = lax.fori_loop(
+                0, max_steps + 1, lambda _, c: lax.cond(c.done, lambda c: c, body, c), carry
+            )
     else:
         # The number of steps depends on the values. A checkpointed loop would differentiate
         # in reverse mode but not in forward mode, so reverse mode gets an error that says
@@ -376,6 +424,26 @@ def _relax_fixed(force_fn, state, stepper, max_steps, hold, status, dtype):
     energy), and the steps are all taken.
     """
     initial_energy, _ = force_fn(state)  # only the energy is used: XLA drops the force
+    state, _ = _steps(force_fn, stepper, hold, max_steps, state, stepper.init(state, force_fn))
+    energy, _ = force_fn(state)
+    initial_energy, energy = initial_energy.astype(dtype), energy.astype(dtype)
+    num_steps = jnp.asarray(max_steps, jnp.int32)
+    nan = jnp.full((), jnp.nan, dtype)
+    result, _ = status(num_steps, energy, nan, initial_energy, nan, state)
+    stats = RelaxationStats(
+        num_steps=num_steps,
+        initial_energy=initial_energy,
+        energy=energy,
+        residual=nan,
+        result=result,
+        energy_trajectory=None,
+        nodes=None,
+    )
+    return state, stats
+
+
+def _steps(force_fn, stepper, hold, count: int, state, stepper_state):
+    """`count` steps that only evaluate the force and step."""
 
     def body(_, carry):
         state, stepper_state = carry
@@ -385,13 +453,46 @@ def _relax_fixed(force_fn, state, stepper, max_steps, hold, status, dtype):
             stepped = hold(state, stepped)
         return stepped, stepper_state
 
-    carry = (state, stepper.init(state, force_fn))
-    state, _ = lax.fori_loop(0, max_steps, body, carry)
-    energy, _ = force_fn(state)
-    initial_energy, energy = initial_energy.astype(dtype), energy.astype(dtype)
-    num_steps = jnp.asarray(max_steps, jnp.int32)
+    return lax.fori_loop(0, count, body, (state, stepper_state))
+
+
+def _relax_settling(force_fn, state, stepper, max_steps, hold, status, dtype, settle, min_steps):
+    """At most `max_steps` steps with nothing recorded, stopping once settled: the steps run in
+    chunks of `_CALM_STEPS` that only evaluate the force and step (as `_relax_fixed`'s), and
+    the energy is evaluated after each chunk. The relaxation has settled once a chunk changed
+    the energy by at most `settle` times its change since the start per step, after at least
+    `min_steps` steps. The chunks after that are skipped; their number is fixed, so reverse
+    mode differentiates the loop."""
+    initial_energy = force_fn(state)[0].astype(dtype)
     nan = jnp.full((), jnp.nan, dtype)
-    result, _ = status(num_steps, energy, nan, initial_energy, nan, state)
+
+    def chunk(count):
+        def run(carry):
+            step, state, stepper_state, energy, result, done = carry
+            state, stepper_state = _steps(force_fn, stepper, hold, count, state, stepper_state)
+            new_energy = force_fn(state)[0].astype(dtype)
+            step = step + count
+            change = jnp.abs(new_energy - energy)
+            settled = (change <= count * settle * jnp.abs(initial_energy - new_energy)) & (
+                step >= min_steps
+            )
+            result, done = status(step, new_energy, nan, initial_energy, nan, state, settled)
+            return step, state, stepper_state, new_energy, result, done
+
+        return lambda carry: lax.cond(carry[-1], lambda c: c, run, carry)
+
+    carry = (
+        jnp.zeros((), jnp.int32),
+        state,
+        stepper.init(state, force_fn),
+        initial_energy,
+        RESULTS.successful,
+        jnp.zeros((), bool),
+    )
+    carry = lax.fori_loop(0, max_steps // _CALM_STEPS, lambda _, c: chunk(_CALM_STEPS)(c), carry)
+    if max_steps % _CALM_STEPS:
+        carry = chunk(max_steps % _CALM_STEPS)(carry)
+    num_steps, state, _, energy, result, _ = carry
     stats = RelaxationStats(
         num_steps=num_steps,
         initial_energy=initial_energy,

@@ -147,6 +147,8 @@ def relax_values(
         record=lambda s: energy.record(values(s), params, options.saveat),
         saveat=options.saveat,
         hold=energy.hold_observed(start.observed),
+        settle=algorithm.settle,
+        min_steps=energy.graph.depth,
     )
     return values(state), stats
 

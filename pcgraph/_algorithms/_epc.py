@@ -56,6 +56,9 @@ class EPC(AbstractAlgorithm):
     - `max_steps`: the most relaxation steps.
     - `rtol`, `atol`: stop once the largest force `|dF/de|` is at most
         `atol + rtol * (largest initial force)`; `rtol=None` always runs `max_steps` steps.
+    - `settle`: also stop once the relaxation has settled: three steps in a row each changed
+        the energy by at most `settle` times its change since the start (see
+        [`pcgraph.IL`][]); None (the default) takes every step.
     - `max_energy_increase`: report divergence when the energy rises more than this many
         times its initial magnitude above it: checked at every step when the relaxation has a
         tolerance or records its trajectory (`save_energy`, `saveat`), which then stops at
@@ -69,12 +72,15 @@ class EPC(AbstractAlgorithm):
     max_steps: int = 20
     rtol: float | None = None
     atol: float = 0.0
+    settle: float | None = None
     max_energy_increase: float = 10.0
     throw: bool = True
 
     def __check_init__(self):
         check_positive("EPC(beta)", self.beta)
         check_positive("EPC(max_energy_increase)", self.max_energy_increase)
+        if self.settle is not None:
+            check_positive("EPC(settle)", self.settle)
 
     relaxes_values: ClassVar[bool] = True
 
