@@ -210,15 +210,17 @@ def reaching_inputs(
     `dynamic_update_slice` whose update is as large as the operand overwrites the operand
     entirely: how diffrax and optimistix write a buffer that starts filled with inf ("not
     written yet"). A `cond` whose branch index is a constant runs that branch alone, and a
-    call whose body returns inputs unchanged passes each through."""
+    nested `jit` whose body returns inputs unchanged passes each through."""
     if primitive is check_p:
         return {p for p, on in zip(params["passthrough"], reaching, strict=True) if on}
     if primitive is jex_prims.dynamic_update_slice_p and shapes[0] == shapes[1]:
         return set(range(1, len(shapes)))
-    key = _CHECK_BODY_PARAM.get(primitive)
+    key = _INLINE_JAXPR_PARAM.get(primitive)
     if key is not None:
-        # A call whose body only selects among its inputs (equinox wraps a loop's final state
-        # so): each output is the input it selects.
+        # A nested call whose body only selects among its inputs: each output is the input it
+        # selects. (Not a `custom_jvp`: its derivative is its rule's, which need not follow
+        # the selection; equinox wraps a loop's final state in one whose rule routes the
+        # tangents of other inputs.)
         body = params[key]
         positions = _identity_positions(body.jaxpr if isinstance(body, ClosedJaxpr) else body)
         if positions is not None:
