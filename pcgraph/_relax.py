@@ -430,16 +430,20 @@ def _relax_fixed(force_fn, state, stepper, max_steps, hold, status, dtype):
     num_steps = jnp.asarray(max_steps, jnp.int32)
     nan = jnp.full((), jnp.nan, dtype)
     result, _ = status(num_steps, energy, nan, initial_energy, nan, state)
-    stats = RelaxationStats(
+    return state, _unrecorded_stats(num_steps, initial_energy, energy, result)
+
+
+def _unrecorded_stats(num_steps, initial_energy, energy, result) -> RelaxationStats:
+    """The statistics of a relaxation that recorded nothing and computed no residual."""
+    return RelaxationStats(
         num_steps=num_steps,
         initial_energy=initial_energy,
         energy=energy,
-        residual=nan,
+        residual=jnp.full((), jnp.nan, energy.dtype),
         result=result,
         energy_trajectory=None,
         nodes=None,
     )
-    return state, stats
 
 
 def _steps(force_fn, stepper, hold, count: int, state, stepper_state):
@@ -493,16 +497,7 @@ def _relax_settling(force_fn, state, stepper, max_steps, hold, status, dtype, se
     if max_steps % _CALM_STEPS:
         carry = chunk(max_steps % _CALM_STEPS)(carry)
     num_steps, state, _, energy, result, _ = carry
-    stats = RelaxationStats(
-        num_steps=num_steps,
-        initial_energy=initial_energy,
-        energy=energy,
-        residual=nan,
-        result=result,
-        energy_trajectory=None,
-        nodes=None,
-    )
-    return state, stats
+    return state, _unrecorded_stats(num_steps, initial_energy, energy, result)
 
 
 def _record(recorded: PyTree, steps: tuple[int, ...], step: jax.Array, record) -> PyTree:
