@@ -26,9 +26,9 @@ class IL(AbstractAlgorithm):
     tolerance (`rtol`) cannot be met where the energy has kinks (ReLU, max-pooling: the
     activities settle into a narrow band around the kink); the settling rule is met there
     too, and missing it is no failure. On the unchanged 784-128-128-128-10 MLP of Pinchetti
-    et al. (2025) on MNIST (GELU or ReLU, batch 128) it stops after 15-16 steps with every
-    leaf's gradient within about 2 % of the 100-step equilibrium's (heavy-ball steps of 0.1
-    with momentum 0.8, the earlier default, need about 50 steps for that). The steps are
+    et al. (2025) on MNIST (GELU or ReLU, batch 128) it stops after 15 steps with every
+    leaf's gradient within 2.5 % of `jax.grad`'s (heavy-ball steps of 0.1 with momentum 0.8,
+    the earlier default, need about 50 steps for that). The steps are
     stable while the energy's largest curvature is below `2 (1 + momentum) / step_size`
     (10 for the defaults); a stiffer graph (e.g. [`pcgraph.Primitives`][]) needs
     smaller steps. Set `rtol` to relax to a force tolerance instead, raising
