@@ -151,9 +151,9 @@ def il_stepper(step_size: float, momentum: float, clip: float):
     of the second block makes IL's energy stiff enough for steps of 0.1 (with or without
     momentum) to diverge within 12 steps, the energy rising 13-fold; clipped, the same
     relaxation stays at its initial energy and its gradient keeps a cosine of 0.80 with
-    backprop's, so the run does not crash. It does not make IL train, though: from there on
-    the bounded oscillation outweighs the true errors, and IL's perplexity stalls near 21
-    (docs/language-models.md)."""
+    backprop's, so the run does not crash. It does not make IL train, though: IL's
+    perplexity then stalls near 21, most likely because the bounded oscillation outweighs
+    the true errors (docs/language-models.md)."""
     if clip <= 0:
         return pcgraph.Momentum(step_size, momentum)
     return pcgraph.OptaxStepper(
