@@ -57,7 +57,7 @@ class SaveAt(eqx.Module):
 
     - `steps`: the steps to record, a tuple of ints; None records every step from 0 to
         `max_steps`. A step the relaxation did not reach (it stopped on its tolerance)
-        records NaN.
+        records NaN; a step beyond `max_steps` is refused.
     - `values`: also record each node's value.
     - `errors`: also record each node's prediction error.
     """

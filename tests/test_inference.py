@@ -379,10 +379,10 @@ def test_saveat_records_per_node_trajectories(x64):
     x = jax.random.normal(jax.random.key(9), (5, 3))
     y = jnp.ones((5, 2))
     algorithm = pcgraph.IL(stepper=pcgraph.Euler(0.1), max_steps=30)
-    saveat = pcgraph.SaveAt(steps=(0, 10, 30, 1000), values=True, errors=True)
+    saveat = pcgraph.SaveAt(steps=(0, 10, 30), values=True, errors=True)
     solution = pcgraph.relax(f, params, x, y, algorithm=algorithm, saveat=saveat)
     nodes = solution.stats.nodes
-    assert nodes.steps.tolist() == [0, 10, 30, 1000]
+    assert nodes.steps.tolist() == [0, 10, 30]
     for name in ("h", "out"):
         energies = nodes.energies[name]
         assert float(energies[0]) == 0.0  # every error is zero at the feedforward pass
@@ -391,7 +391,6 @@ def test_saveat_records_per_node_trajectories(x64):
         precision = 2.0 if name == "out" else 1.0
         expected = precision / 2 * jnp.sum(solution.errors[name] ** 2)
         assert tree_allclose(energies[2], expected)
-        assert jnp.isnan(energies[3])  # never reached: not measured
     graph = pcgraph.trace(f, params, x, y)
     dot = graph.to_dot(colour_by={k: e[2] for k, e in nodes.energies.items()}, label="energy")
     assert "node colour: norm of energy" in dot
