@@ -226,7 +226,11 @@ def save_run(path: pathlib.Path, key: str, run: dict, meta: dict) -> None:
     every finished seed is on disk at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    commands = data.get("commands", [data["command"]] if "command" in data else [])
     data.update(meta)
+    if "command" in meta and meta["command"] not in commands:
+        commands.append(meta["command"])
+    data["commands"] = commands
     data["runs"][key] = run
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))

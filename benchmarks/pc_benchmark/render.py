@@ -54,9 +54,10 @@ def _provenance(files) -> str:
     """The commands that wrote `files`, one bullet each, with their machine."""
     lines = []
     for data in files:
-        line = f"- `{data['command']}` ({_machine(data)})"
-        if line not in lines:
-            lines.append(line)
+        for command in data.get("commands", [data["command"]]):
+            line = f"- `{command}` ({_machine(data)})"
+            if line not in lines:
+                lines.append(line)
     return "Produced by:\n\n" + "\n".join(sorted(lines)) if lines else "No runs yet."
 
 
@@ -147,9 +148,9 @@ def jpc_table(results: pathlib.Path) -> str:
 def mupc_table(results: pathlib.Path) -> str:
     files = _load(results, "mupc*.json")
     out = [
-        "| algorithm | hidden layers | T | seeds | epochs | test acc. after each epoch (%) "
-        "| final (%) | FabricPC (%) | s / epoch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| algorithm | hidden layers | T | Adam rate | seeds | epochs done / planned "
+        "| test acc. after each epoch (%) | last (%) | FabricPC, 3 epochs (%) | s / epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data in files:
         for run in data["runs"].values():
@@ -159,11 +160,13 @@ def mupc_table(results: pathlib.Path) -> str:
             final = f"{run['test_acc'][-1]:.2f}" if run["test_acc"] else "–"
             times = statistics.median(run["epoch_s"]) if run["epoch_s"] else float("nan")
             out.append(
-                f"| {data['algorithm']} | {run['depth']} | {run['steps'] or '–'} | 1 "
-                f"| {run['epochs']} | {curve} | {final} | {mupc_depth.FABRICPC} | {times:.0f} |"
+                f"| {data['algorithm']} | {run['depth']} | {run['steps'] or '–'} "
+                f"| {run.get('learning_rate', 1e-2):g} | 1 "
+                f"| {len(run['test_acc'])} / {run['epochs']} | {curve or '–'} | {final} "
+                f"| {mupc_depth.FABRICPC} | {times:.0f} |"
             )
     if not files:
-        out.append("| epc | 128 | 8 | – | – | not run | – | 82.2 | – |")
+        out.append("| epc | 128 | 8 | – | – | – | not run | – | 82.2 | – |")
     out.append("")
     out.append(_provenance(files))
     return "\n".join(out)
@@ -199,7 +202,10 @@ def pcx_figure(results: pathlib.Path, path: pathlib.Path) -> None:
             [f"{_label(r)}\n{len(r['runs'])}x{r['epochs']}" for r in shown], fontsize=7
         )
         low = min((min(r["test_acc"]) for row in shown for r in row["runs"]), default=80)
-        ax.set_ylim(max(low, 80) - 1, 100 if dataset == "mnist" else 92)
+        finals = [r["test_acc"][-1] for row in shown for r in row["runs"]]
+        finals += [row["reported"] for row in shown if row["reported"] is not None]
+        if finals:
+            ax.set_ylim(min(finals) - 1.0, max(finals) + 0.6)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{DATASET_LABELS[dataset]}: pcx's MLP protocol in pcgraph")
         ax.legend(fontsize=8, loc="lower right")
@@ -230,7 +236,10 @@ def anchors_figure(results: pathlib.Path, path: pathlib.Path) -> None:
             continue
         for run in data["runs"].values():
             if run["test_acc"]:
-                labels.append(f"muPC {run['depth']}, {data['algorithm']}\n{run['epochs']} epochs")
+                labels.append(
+                    f"muPC {run['depth']}, {data['algorithm']}\n"
+                    f"lr {run.get('learning_rate', 1e-2):g}, {len(run['test_acc'])} ep."
+                )
                 ours.append(run["test_acc"][-1])
                 errs.append(0.0)
                 theirs.append(mupc_depth.FABRICPC)
