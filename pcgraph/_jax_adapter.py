@@ -231,6 +231,7 @@ def reaching_inputs(
         return {1 + p for p in _jaxpr_reaching_inputs(jaxpr_of(branches[index]), reaching)}
     return None
 
+
 #: Loops that reverse-mode differentiation cannot handle (data-dependent trip count).
 NOT_REVERSE_DIFFERENTIABLE = frozenset({jex_prims.while_p})
 

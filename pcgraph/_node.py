@@ -16,8 +16,7 @@ def _check_precision(precision, shape, where: str):
         array = None
     if array is None:
         raise TypeError(
-            f"{where}: the precision must be a number or an array, not "
-            f"{type(precision).__name__}."
+            f"{where}: the precision must be a number or an array, not {type(precision).__name__}."
         )
     precision = array
     if not jnp.issubdtype(precision.dtype, jnp.floating):
