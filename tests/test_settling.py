@@ -1,6 +1,6 @@
-"""IL's default stopping rule: the relaxation stops once it has settled (the energy changes by
-a vanishing fraction of its change so far), which works where a force tolerance cannot (the
-kinks of ReLU), and does not stop while the energy is still falling."""
+"""IL's settling rule: the relaxation stops once it has settled (the energy changes by a
+vanishing fraction of its change so far), which works where a force tolerance cannot (the kinks
+of ReLU), and does not stop while the energy is still falling."""
 
 import equinox as eqx
 import jax
@@ -17,6 +17,10 @@ def _problem(activation, dtype=jnp.float32):
     return model, x, y
 
 
+#: A well-damped stepper with the settling rule.
+SETTLING = pcgraph.IL(stepper=pcgraph.Momentum(0.3, 0.5), settle=1e-4)
+
+
 def _loss(model, x, y):
     return jnp.mean(jnp.sum((jax.vmap(model)(x) - y) ** 2, axis=-1)) / 2
 
@@ -25,8 +29,10 @@ def _loss(model, x, y):
 @pytest.mark.parametrize("save_energy", [False, True])
 def test_stops_early_once_settled_and_matches_the_long_relaxation(activation, save_energy):
     model, x, y = _problem(activation)
-    settled = pcgraph.relax(_loss, model, x, y, algorithm=pcgraph.IL(), save_energy=save_energy)
-    full = pcgraph.relax(_loss, model, x, y, algorithm=pcgraph.IL(settle=None, max_steps=100))
+    settled = pcgraph.relax(_loss, model, x, y, algorithm=SETTLING, save_energy=save_energy)
+    full = pcgraph.relax(
+        _loss, model, x, y, algorithm=eqx.tree_at(lambda a: a.settle, SETTLING, None)
+    )
     steps = int(settled.stats.num_steps)
     graph = pcgraph.trace(_loss, model, x, y)
     assert graph.depth <= steps < 40
@@ -41,7 +47,7 @@ def test_does_not_stop_while_the_energy_falls():
     """Tiny steps: every step lowers the energy by about as much as the one before, a fraction
     near 1 / (steps so far) of the change so far, never below `settle`."""
     model, x, y = _problem(jnp.tanh)
-    algorithm = pcgraph.IL(stepper=pcgraph.Euler(1e-3), max_steps=60)
+    algorithm = pcgraph.IL(stepper=pcgraph.Euler(1e-3), max_steps=60, settle=1e-4)
     for save_energy in (False, True):
         solution = pcgraph.relax(_loss, model, x, y, algorithm=algorithm, save_energy=save_energy)
         assert int(solution.stats.num_steps) == 60
@@ -57,7 +63,9 @@ def test_settles_where_a_force_tolerance_is_missed():
     assert (
         pcgraph.RESULTS[missed.stats.result] == pcgraph.RESULTS[pcgraph.RESULTS.max_steps_reached]
     )
-    settled = pcgraph.relax(_loss, model, x, y, algorithm=pcgraph.IL(max_steps=200))
+    settled = pcgraph.relax(
+        _loss, model, x, y, algorithm=eqx.tree_at(lambda a: a.max_steps, SETTLING, 200)
+    )
     assert int(settled.stats.num_steps) < 200
 
 
@@ -69,7 +77,7 @@ def test_reverse_mode_through_a_settling_relaxation():
 
     def gradient_norm(x):
         grads = pcgraph.grad(
-            lambda p, x, y: _loss(eqx.combine(p, static), x, y), algorithm=pcgraph.IL()
+            lambda p, x, y: _loss(eqx.combine(p, static), x, y), algorithm=SETTLING
         )(params, x, y)
         return sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))
 
